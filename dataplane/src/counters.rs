@@ -1,0 +1,101 @@
+//! Per-worker counters, written by exactly one worker and read by the control
+//! plane at any time.
+//!
+//! Each counter is an `AtomicU64` updated with a relaxed load + store (no
+//! locked read-modify-write: there is one writer), once per burst rather than
+//! once per packet. Each port's block is cache-line aligned so that two
+//! workers never write the same line.
+
+use crate::verdict::DropReason;
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters of one ingress/egress port, as seen by one worker.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    /// Frames received on the port.
+    pub rx: AtomicU64,
+    /// Frames transmitted out of the port.
+    pub tx: AtomicU64,
+    /// Frames punted to the control plane.
+    pub punted: AtomicU64,
+    /// Frames that arrived on the port and were dropped, by reason.
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+/// A snapshot of [`PortCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortCountersSnapshot {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Frames punted.
+    pub punted: u64,
+    /// Drops by reason index.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl PortCountersSnapshot {
+    /// All drops.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+/// All counters of one worker, indexed by port slot (the position of the port
+/// in the gateway's port list, not its DPDK id).
+#[derive(Debug)]
+pub struct WorkerCounters {
+    ports: Box<[CachePadded<PortCounters>]>,
+}
+
+/// Adds `n` to a counter this thread alone writes.
+#[inline]
+pub fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl WorkerCounters {
+    /// Zeroed counters for `ports` port slots.
+    pub fn new(ports: usize) -> Self {
+        Self { ports: (0..ports).map(|_| CachePadded::new(PortCounters::default())).collect() }
+    }
+
+    /// The counters of port slot `slot`.
+    #[inline]
+    pub fn port(&self, slot: usize) -> &PortCounters {
+        &self.ports[slot]
+    }
+
+    /// Number of port slots.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Reads one port slot's counters.
+    pub fn snapshot(&self, slot: usize) -> PortCountersSnapshot {
+        let p = &self.ports[slot];
+        let mut drops = [0; DropReason::COUNT];
+        for (d, c) in drops.iter_mut().zip(&p.drops) {
+            *d = c.load(Relaxed);
+        }
+        PortCountersSnapshot { rx: p.rx.load(Relaxed), tx: p.tx.load(Relaxed), punted: p.punted.load(Relaxed), drops }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bump_and_snapshot() {
+        let c = WorkerCounters::new(2);
+        bump(&c.port(1).rx, 5);
+        bump(&c.port(1).rx, 2);
+        bump(&c.port(1).drops[DropReason::Runt.index()], 1);
+        let s = c.snapshot(1);
+        assert_eq!((s.rx, s.dropped()), (7, 1));
+        assert_eq!(c.snapshot(0), PortCountersSnapshot::default());
+    }
+}

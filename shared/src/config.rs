@@ -1,0 +1,330 @@
+//! The gateway's configuration file (TOML).
+//!
+//! Unknown keys are rejected, and every error names the file, the line and
+//! column, the key path, and what to do about it, in one line. Values are
+//! checked here ([`Config::validate`]); what can only be checked against the
+//! running DPDK (port names, lcores) is checked where the ports are opened.
+//!
+//! ```toml
+//! [dataplane]
+//! workers = [1]          # worker lcores (EAL -l); never the main lcore
+//! rx_queues = 1          # rx queues per port, spread over the workers (RSS)
+//! burst_size = 32
+//! mempool_size = 16383
+//!
+//! [[bridge]]             # a transparent LAN <-> WAN pair
+//! lan = "net_pcap0"
+//! wan = "net_pcap1"
+//!
+//! [stats]
+//! socket = "/run/hbgw/hbgw.sock"
+//! interval_ms = 1000
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Largest burst a worker handles at once (the size of its on-stack arrays).
+pub const MAX_BURST: u16 = 256;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Workers, queues and buffers.
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    /// LAN <-> WAN port pairs (TOML `[[bridge]]` tables).
+    #[serde(default, rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
+    /// The stats socket, interval and histogram log.
+    #[serde(default)]
+    pub stats: StatsConfig,
+}
+
+/// Workers, queues and buffers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// Worker lcore ids. Empty means every worker lcore EAL was given (`-l`).
+    pub workers: Vec<u32>,
+    /// Receive queues per port; several queues are spread by RSS where the
+    /// device supports it.
+    pub rx_queues: u16,
+    /// Packets a worker takes per `rx_burst`.
+    pub burst_size: u16,
+    /// Mbufs in the packet pool (a power of two minus one is most efficient).
+    pub mempool_size: u32,
+    /// Per-lcore mempool cache size.
+    pub mempool_cache: u32,
+    /// Receive descriptors per queue.
+    pub rx_descriptors: u16,
+    /// Transmit descriptors per queue.
+    pub tx_descriptors: u16,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            workers: Vec::new(),
+            rx_queues: 1,
+            burst_size: 32,
+            mempool_size: 16383,
+            mempool_cache: 256,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+        }
+    }
+}
+
+/// One transparent bridge: a frame entering one port leaves the other
+/// unchanged unless policy drops it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The LAN-side port: a DPDK device name (`net_pcap0`, `0000:03:00.0`) or port id.
+    pub lan: String,
+    /// The WAN-side port, named the same way.
+    pub wan: String,
+}
+
+/// Where and how often stats are published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Unix socket `hbgw stats` connects to.
+    pub socket: PathBuf,
+    /// Length of one stats interval (interval view, `--hlog` entries, live lines).
+    pub interval_ms: u64,
+    /// Write an HdrHistogram interval log here (one entry per interval).
+    pub hlog: Option<PathBuf>,
+}
+
+/// Default path of the stats socket.
+pub const DEFAULT_STATS_SOCKET: &str = "/run/hbgw/hbgw.sock";
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self { socket: PathBuf::from(DEFAULT_STATS_SOCKET), interval_ms: 1000, hlog: None }
+    }
+}
+
+/// A configuration that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}: check the path given to --config")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a key or value of the wrong kind.
+    #[error("{path}:{line}:{column}: {key}{message}: fix this key (see README.md, Configuration)")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// `key `a.b.c`: ` or empty when the error is not about one key.
+        key: String,
+        /// The parser's message, on one line.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("config: {key} {problem}: {fix}")]
+    Invalid {
+        /// The key path.
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+}
+
+impl Config {
+    /// Reads and parses `path`; the result is not yet validated.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let (line, column) = match inner.span() {
+                Some(span) => line_column(text, span.start),
+                None => (1, 1),
+            };
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                line,
+                column,
+                key: if key.is_empty() || key == "." { String::new() } else { format!("key `{key}`: ") },
+                message: inner.message().replace('\n', " ").trim().to_owned(),
+            }
+        })
+    }
+
+    /// Checks the values that need no running DPDK.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let dp = &self.dataplane;
+        let invalid = |key: &str, problem: String, fix: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            problem,
+            fix: fix.to_owned(),
+        };
+        if dp.burst_size == 0 || dp.burst_size > MAX_BURST {
+            return Err(invalid(
+                "dataplane.burst_size",
+                format!("is {}", dp.burst_size),
+                &format!("use 1..={MAX_BURST} (32 is typical)"),
+            ));
+        }
+        if dp.rx_queues == 0 {
+            return Err(invalid("dataplane.rx_queues", "is 0".into(), "use 1 or more"));
+        }
+        if dp.rx_descriptors == 0 || dp.tx_descriptors == 0 {
+            return Err(invalid(
+                "dataplane.rx_descriptors/tx_descriptors",
+                "is 0".into(),
+                "use 512..4096 (1024 is typical)",
+            ));
+        }
+        let min_pool = u32::from(dp.burst_size) * 4;
+        if dp.mempool_size < min_pool {
+            return Err(invalid(
+                "dataplane.mempool_size",
+                format!("is {}, too small for bursts of {}", dp.mempool_size, dp.burst_size),
+                "use at least 4 bursts' worth (16383 is typical)",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for w in &dp.workers {
+            if !seen.insert(*w) {
+                return Err(invalid(
+                    "dataplane.workers",
+                    format!("names lcore {w} twice"),
+                    "list each worker lcore once",
+                ));
+            }
+        }
+        if self.bridges.is_empty() {
+            return Err(invalid(
+                "bridge",
+                "is missing: no LAN <-> WAN port pair".into(),
+                "add a [[bridge]] table with lan = \"...\" and wan = \"...\", or pass --port-pair LAN,WAN",
+            ));
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for (i, b) in self.bridges.iter().enumerate() {
+            for (side, name) in [("lan", &b.lan), ("wan", &b.wan)] {
+                if name.trim().is_empty() {
+                    return Err(invalid(&format!("bridge[{i}].{side}"), "is empty".into(), "name a DPDK port"));
+                }
+                if !ports.insert(name.as_str()) {
+                    return Err(invalid(
+                        &format!("bridge[{i}].{side}"),
+                        format!("uses port `{name}` a second time"),
+                        "each port belongs to exactly one bridge, on one side",
+                    ));
+                }
+            }
+        }
+        if self.stats.interval_ms < 10 {
+            return Err(invalid("stats.interval_ms", format!("is {}", self.stats.interval_ms), "use 10 or more"));
+        }
+        Ok(())
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn full_file_parses_and_validates() {
+        let cfg = parse(
+            r#"
+[dataplane]
+workers = [1]
+rx_queues = 2
+burst_size = 64
+
+[[bridge]]
+lan = "net_pcap0"
+wan = "net_pcap1"
+
+[stats]
+socket = "/tmp/x.sock"
+interval_ms = 500
+"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.dataplane.workers, vec![1]);
+        assert_eq!(cfg.dataplane.rx_queues, 2);
+        assert_eq!(cfg.dataplane.mempool_size, 16383);
+        assert_eq!(cfg.bridges[0].wan, "net_pcap1");
+        assert_eq!(cfg.stats.interval_ms, 500);
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_path() {
+        let err = parse("[dataplane]\nburst_size = 32\nbursts = 4\n").unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:3:1: key `dataplane.bursts`: unknown field `bursts`"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = parse("[[bridge]]\nlan = 3\nwan = \"b\"\n").unwrap_err().to_string();
+        assert!(err.contains("test.toml:2:7"), "{err}");
+        assert!(err.contains("key `bridge[0].lan`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_table_rejected() {
+        let err = parse("[dataplan]\nworkers = [1]\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `dataplan`"), "{err}");
+    }
+
+    #[test]
+    fn validation_errors_are_one_line_with_a_fix() {
+        let cases = [
+            ("[dataplane]\nburst_size = 0\n[[bridge]]\nlan='a'\nwan='b'\n", "dataplane.burst_size"),
+            ("[dataplane]\nburst_size = 1000\n[[bridge]]\nlan='a'\nwan='b'\n", "dataplane.burst_size"),
+            ("[dataplane]\nworkers = [1, 1]\n[[bridge]]\nlan='a'\nwan='b'\n", "dataplane.workers"),
+            ("[dataplane]\nrx_queues = 0\n[[bridge]]\nlan='a'\nwan='b'\n", "dataplane.rx_queues"),
+            ("[dataplane]\nmempool_size = 10\n[[bridge]]\nlan='a'\nwan='b'\n", "dataplane.mempool_size"),
+            ("[dataplane]\n", "bridge is missing"),
+            ("[[bridge]]\nlan='a'\nwan='a'\n", "bridge[0].wan"),
+            ("[[bridge]]\nlan='a'\nwan='b'\n[[bridge]]\nlan='c'\nwan='b'\n", "bridge[1].wan"),
+        ];
+        for (text, expect) in cases {
+            let err = parse(text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(expect), "{text:?} -> {err}");
+            assert!(err.contains(": "), "has a fix: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The stats report: what the control plane serves on its socket, what
+//! `hbgw stats` prints, and what the gateway prints when it stops.
+//!
+//! Latency figures are nanoseconds of worker processing time (see
+//! `dataplane::latency` for what is measured). The JSON form is the table's
+//! source of truth: `hbgw stats --json` prints it unchanged.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Latency percentiles of one histogram, in nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Samples (packets) recorded.
+    pub count: u64,
+    /// Smallest value.
+    pub min: u64,
+    /// Mean.
+    pub mean: f64,
+    /// 50th percentile.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// 99.99th percentile.
+    pub p9999: u64,
+    /// Largest value.
+    pub max: u64,
+}
+
+/// Packet counters over some span (an interval or since start).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Frames dropped, all reasons.
+    pub dropped: u64,
+    /// Frames punted to the control plane.
+    pub punted: u64,
+    /// Drops by reason (reason name -> count); only reasons seen.
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    /// `self - earlier`, counter by counter (counters only grow).
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        let mut drops = BTreeMap::new();
+        for (k, v) in &self.drops {
+            let d = v.saturating_sub(earlier.drops.get(k).copied().unwrap_or(0));
+            if d > 0 {
+                drops.insert(k.clone(), d);
+            }
+        }
+        Counts {
+            rx: self.rx.saturating_sub(earlier.rx),
+            tx: self.tx.saturating_sub(earlier.tx),
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+            punted: self.punted.saturating_sub(earlier.punted),
+            drops,
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Counts) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.dropped += other.dropped;
+        self.punted += other.punted;
+        for (k, v) in &other.drops {
+            *self.drops.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// One worker lcore.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Worker index.
+    pub id: usize,
+    /// The EAL lcore it runs on.
+    pub lcore: u32,
+    /// Since start.
+    pub total: Counts,
+    /// During the last complete interval.
+    pub interval: Counts,
+    /// Latency during the last complete interval.
+    pub latency_interval: Percentiles,
+    /// Latency since start (or since the last `--clear`).
+    pub latency_total: Percentiles,
+}
+
+/// What the device itself reports (`rte_eth_stats_get`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCounts {
+    /// Packets the device received.
+    pub ipackets: u64,
+    /// Packets the device sent.
+    pub opackets: u64,
+    /// Packets the device dropped because rx queues were full.
+    pub imissed: u64,
+    /// Erroneous received packets.
+    pub ierrors: u64,
+    /// Failed transmissions.
+    pub oerrors: u64,
+    /// Receive mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// One port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortReport {
+    /// DPDK port id.
+    pub port_id: u16,
+    /// Device name.
+    pub name: String,
+    /// `lan` or `wan`, and the bridge it belongs to.
+    pub role: String,
+    /// hbgw's own counters: rx = received on this port, tx = sent out of it,
+    /// drops = frames that arrived here and were not forwarded.
+    pub total: Counts,
+    /// The same over the last complete interval.
+    pub interval: Counts,
+    /// The device's own counters.
+    pub device: DeviceCounts,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Seconds since the workers started.
+    pub uptime_s: f64,
+    /// Length of the interval the `interval` figures cover, seconds.
+    pub interval_s: f64,
+    /// Whether this is the final report of a stopped gateway.
+    pub stopped: bool,
+    /// Per worker.
+    pub workers: Vec<WorkerReport>,
+    /// Per port.
+    pub ports: Vec<PortReport>,
+    /// All workers merged, last interval.
+    pub latency_interval: Percentiles,
+    /// All workers merged, since start.
+    pub latency_total: Percentiles,
+    /// Events the workers could not hand to the control plane (a full channel).
+    pub channel_overflows: u64,
+}
+
+fn rate(n: u64, secs: f64) -> String {
+    if secs <= 0.0 {
+        return "-".into();
+    }
+    human(n as f64 / secs)
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn latency_row(out: &mut String, label: &str, p: &Percentiles) {
+    let _ = writeln!(
+        out,
+        "  {label:<14} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        p.count, p.p50, p.p90, p.p99, p.p999, p.p9999, p.max
+    );
+}
+
+impl StatsReport {
+    /// One line for live output: interval rates, drops and latency.
+    pub fn render_line(&self) -> String {
+        let mut rx = 0;
+        let mut tx = 0;
+        let mut dropped = 0;
+        for w in &self.workers {
+            rx += w.interval.rx;
+            tx += w.interval.tx;
+            dropped += w.interval.dropped;
+        }
+        let l = &self.latency_interval;
+        format!(
+            "[{:>7.1}s] rx {:>8}pps tx {:>8}pps drop {:>8}pps | latency ns p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}",
+            self.uptime_s,
+            rate(rx, self.interval_s),
+            rate(tx, self.interval_s),
+            rate(dropped, self.interval_s),
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.p9999,
+            l.max
+        )
+    }
+
+    /// Renders the report as the table `hbgw stats` and the final print show.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let iv = self.interval_s;
+        let _ = writeln!(
+            out,
+            "hbgw {} — uptime {:.1}s, interval {:.1}s",
+            if self.stopped { "final stats" } else { "stats" },
+            self.uptime_s,
+            iv
+        );
+        let _ = writeln!(out, "\nPorts (hbgw's counters; device counters in brackets)");
+        let _ = writeln!(
+            out,
+            "  {:<4} {:<14} {:<6} {:>14} {:>14} {:>12} {:>9} {:>9}  [dev ipkts/opkts/missed/nombuf/oerr]",
+            "id", "name", "role", "rx", "tx", "dropped", "rx/s", "tx/s"
+        );
+        for p in &self.ports {
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<14} {:<6} {:>14} {:>14} {:>12} {:>9} {:>9}  [{}/{}/{}/{}/{}]",
+                p.port_id,
+                p.name,
+                p.role,
+                p.total.rx,
+                p.total.tx,
+                p.total.dropped,
+                rate(p.interval.rx, iv),
+                rate(p.interval.tx, iv),
+                p.device.ipackets,
+                p.device.opackets,
+                p.device.imissed,
+                p.device.rx_nombuf,
+                p.device.oerrors
+            );
+        }
+        let _ = writeln!(out, "\nWorkers");
+        let _ = writeln!(
+            out,
+            "  {:<4} {:<6} {:>14} {:>14} {:>12} {:>9}  drops by reason",
+            "id", "lcore", "rx", "tx", "dropped", "rx/s"
+        );
+        for w in &self.workers {
+            let reasons: Vec<String> = w.total.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<6} {:>14} {:>14} {:>12} {:>9}  {}",
+                w.id,
+                w.lcore,
+                w.total.rx,
+                w.total.tx,
+                w.total.dropped,
+                rate(w.interval.rx, iv),
+                if reasons.is_empty() { "-".into() } else { reasons.join(" ") }
+            );
+        }
+        let _ = writeln!(out, "\nLatency, ns (worker rx -> tx, per packet)");
+        let _ = writeln!(
+            out,
+            "  {:<14} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "", "packets", "p50", "p90", "p99", "p99.9", "p99.99", "max"
+        );
+        latency_row(&mut out, "all, interval", &self.latency_interval);
+        latency_row(&mut out, "all, total", &self.latency_total);
+        for w in &self.workers {
+            latency_row(&mut out, &format!("worker {} int.", w.id), &w.latency_interval);
+            latency_row(&mut out, &format!("worker {} total", w.id), &w.latency_total);
+        }
+        if self.channel_overflows > 0 {
+            let _ = writeln!(out, "\nchannel overflows: {}", self.channel_overflows);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_since_and_add() {
+        let mut a = Counts { rx: 10, tx: 8, dropped: 2, punted: 0, drops: BTreeMap::new() };
+        a.drops.insert("runt".into(), 2);
+        let b = Counts { rx: 4, tx: 4, ..Default::default() };
+        let d = a.since(&b);
+        assert_eq!((d.rx, d.tx, d.dropped), (6, 4, 2));
+        assert_eq!(d.drops["runt"], 2);
+        let mut s = Counts::default();
+        s.add(&a);
+        s.add(&a);
+        assert_eq!(s.drops["runt"], 4);
+        assert_eq!(s.rx, 20);
+    }
+
+    #[test]
+    fn table_shows_ports_workers_and_percentiles() {
+        let mut r = StatsReport { uptime_s: 2.0, interval_s: 1.0, ..Default::default() };
+        r.ports.push(PortReport {
+            port_id: 0,
+            name: "net_pcap0".into(),
+            role: "lan0".into(),
+            total: Counts { rx: 123, ..Default::default() },
+            ..Default::default()
+        });
+        r.workers.push(WorkerReport { id: 0, lcore: 1, ..Default::default() });
+        r.latency_total.p9999 = 777;
+        let t = r.render_table();
+        assert!(t.contains("net_pcap0") && t.contains("123") && t.contains("777"), "{t}");
+        let json = serde_json::to_string(&r).unwrap();
+        let back: StatsReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,78 @@
+//! [`PacketIo`] over DPDK mbufs: how the DPDK-free worker loop drives real
+//! ports. Each worker builds its own [`DpdkIo`] on its lcore.
+
+use super::ffi;
+use hbgw_dataplane::io::{PacketIo, PortId, QueueId};
+
+/// One mbuf, as a handle the worker moves between its burst arrays.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct Mbuf(*mut ffi::rte_mbuf);
+
+impl Default for Mbuf {
+    fn default() -> Self {
+        Mbuf(std::ptr::null_mut())
+    }
+}
+
+/// Port I/O of one worker. Zero-sized: the queues it uses are named per call,
+/// and the plan guarantees no other worker uses them.
+#[derive(Debug, Default)]
+pub struct DpdkIo {
+    // Not Send/Sync: built on, and used only by, its worker's lcore.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl DpdkIo {
+    /// I/O for the calling worker lcore.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl PacketIo for DpdkIo {
+    type Packet = Mbuf;
+
+    #[inline]
+    fn rx_burst(&mut self, port: PortId, queue: QueueId, out: &mut [Mbuf]) -> usize {
+        let n = out.len().min(usize::from(u16::MAX)) as u16;
+        // SAFETY: `out` has room for `n` pointers and `Mbuf` is a transparent
+        // pointer; this worker alone polls `queue` of `port` (the plan assigns
+        // each rx queue to exactly one worker).
+        usize::from(unsafe { ffi::hbgw_rx_burst(port, queue, out.as_mut_ptr().cast(), n) })
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, port: PortId, queue: QueueId, pkts: &[Mbuf]) -> usize {
+        let n = pkts.len().min(usize::from(u16::MAX)) as u16;
+        // SAFETY: every pointer came from rx_burst and is owned by this worker;
+        // DPDK takes ownership of the first k it returns. tx_burst does not
+        // write the array, so casting away const is sound. `queue` is this
+        // worker's own tx queue.
+        usize::from(unsafe { ffi::hbgw_tx_burst(port, queue, pkts.as_ptr() as *mut *mut ffi::rte_mbuf, n) })
+    }
+
+    #[inline]
+    fn frame(&self, pkt: &Mbuf) -> &[u8] {
+        // SAFETY: the mbuf came from rx_burst and is owned by this worker
+        // until it is sent or freed; its first segment holds data_len bytes at
+        // buf_addr + data_off, which DPDK keeps valid while we own it.
+        unsafe {
+            let m = &*pkt.0;
+            std::slice::from_raw_parts((m.buf_addr as *const u8).add(usize::from(m.data_off)), usize::from(m.data_len))
+        }
+    }
+
+    #[inline]
+    fn free(&mut self, pkts: &[Mbuf]) {
+        // SAFETY: every pointer is owned by this worker and freed once: the
+        // worker frees exactly the frames it neither sent nor freed before.
+        unsafe { ffi::hbgw_pktmbuf_free_bulk(pkts.as_ptr() as *mut *mut ffi::rte_mbuf, pkts.len() as u32) }
+    }
+
+    #[inline]
+    fn cycles(&self) -> u64 {
+        // SAFETY: reads the TSC.
+        unsafe { ffi::hbgw_rdtsc() }
+    }
+}

@@ -1,0 +1,399 @@
+//! Running the gateway: from a parsed command line to workers forwarding
+//! frames, and back to an orderly stop.
+//!
+//! Order of start: config -> EAL -> lcores -> ports -> mempool -> queues ->
+//! control plane (stats socket) -> workers. Order of stop (SIGINT, SIGTERM,
+//! `--exit-on-idle`, `--duration`): workers told to stop and waited for ->
+//! control plane takes their last samples and builds the final report ->
+//! ports stopped and closed (pcap devices flush their files) -> final table
+//! printed -> `rte_eal_cleanup`.
+
+use crate::cli::{AppArgs, Live};
+use crate::demo::DemoTraffic;
+use crate::dpdk::eal::{has_flag, Eal};
+use crate::dpdk::mbuf::DpdkIo;
+use crate::dpdk::mempool::Mempool;
+use crate::dpdk::port::{Port, PortSetup};
+use crate::dpdk::{lcore, tsc_hz};
+use anyhow::{anyhow, bail, Result};
+use hbgw_controlplane::stats::{DeviceStats, PortInfo, StatsAggregator, WorkerInfo};
+use hbgw_controlplane::{ControlPlane, ControlPlaneConfig, LiveOutput};
+use hbgw_dataplane::counters::WorkerCounters;
+use hbgw_dataplane::latency;
+use hbgw_dataplane::pipeline::Pipeline;
+use hbgw_dataplane::worker::{RxAssignment, Worker, WorkerPlan};
+use hbgw_shared::config::{BridgeConfig, Config};
+use hbgw_shared::stats::DeviceCounts;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a worker hands its latency histogram to the control plane.
+const LATENCY_FLUSH: Duration = Duration::from_millis(100);
+/// How often the main lcore checks for a stop condition.
+const MAIN_POLL: Duration = Duration::from_millis(20);
+
+/// The configuration after the file and the command-line overrides.
+pub fn effective_config(app: &AppArgs) -> Result<Config> {
+    let mut cfg = match &app.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !app.port_pairs.is_empty() {
+        cfg.bridges = app
+            .port_pairs
+            .iter()
+            .map(|p| match p.split_once(',') {
+                Some((lan, wan)) => Ok(BridgeConfig { lan: lan.trim().into(), wan: wan.trim().into() }),
+                None => Err(anyhow!("--port-pair {p:?} is not LAN,WAN: write e.g. --port-pair net_pcap0,net_pcap1")),
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(w) = &app.workers {
+        cfg.dataplane.workers = w.clone();
+    }
+    if let Some(n) = app.rx_queues {
+        cfg.dataplane.rx_queues = n;
+    }
+    if let Some(n) = app.burst {
+        cfg.dataplane.burst_size = n;
+    }
+    if let Some(n) = app.mempool_size {
+        cfg.dataplane.mempool_size = n;
+    }
+    if let Some(p) = &app.stats_socket {
+        cfg.stats.socket = p.clone();
+    }
+    if let Some(ms) = app.stats_interval {
+        cfg.stats.interval_ms = ms;
+    }
+    if let Some(p) = &app.hlog {
+        cfg.stats.hlog = Some(p.clone());
+    }
+    Ok(cfg)
+}
+
+/// Whether the EAL arguments name any device (so no demo traffic is added).
+fn names_devices(eal: &[String]) -> bool {
+    eal.iter().any(|a| a == "-a" || a.starts_with("-a") || a.starts_with("--allow") || a.starts_with("--vdev"))
+}
+
+/// The EAL arguments hbgw actually passes: the user's, plus the safe defaults
+/// they did not override.
+pub fn eal_args(user: &[String], extra_vdevs: &[String]) -> Vec<String> {
+    let mut args = user.to_vec();
+    let allow_list = user.iter().any(|a| a == "-a" || (a.starts_with("-a") && a.len() > 2) || a.starts_with("--allow"));
+    if !allow_list && !has_flag(user, &["--no-pci"]) {
+        // Never probe a PCI device nobody named: the machine's own NIC is not ours.
+        args.push("--no-pci".into());
+    }
+    if !has_flag(user, &["--file-prefix"]) {
+        args.push(format!("--file-prefix=hbgw-{}", std::process::id()));
+    }
+    let no_huge = has_flag(user, &["--no-huge"]);
+    if no_huge {
+        if !has_flag(user, &["--no-shconf", "--in-memory"]) {
+            args.push("--no-shconf".into());
+        }
+        if !user.iter().any(|a| a == "-m" || a.starts_with("--socket-mem")) {
+            args.push("-m".into());
+            args.push("512".into());
+        }
+    } else if !has_flag(user, &["--in-memory", "--huge-unlink"]) {
+        // Do not leave hugepage files behind when we exit.
+        args.push("--huge-unlink".into());
+    }
+    args.extend(extra_vdevs.iter().cloned());
+    args
+}
+
+struct DpdkDeviceStats;
+impl DeviceStats for DpdkDeviceStats {
+    fn read(&self, port_id: u16) -> DeviceCounts {
+        Port::device_counts(port_id)
+    }
+}
+
+/// Picks worker lcores and checks them against what EAL enabled.
+fn worker_lcores(cfg: &Config) -> Result<Vec<u32>> {
+    let main = lcore::main_lcore();
+    let available = lcore::worker_lcores();
+    let chosen = if cfg.dataplane.workers.is_empty() { available.clone() } else { cfg.dataplane.workers.clone() };
+    for &l in &chosen {
+        if l == main {
+            bail!(
+                "dataplane.workers includes lcore {l}, the main lcore (it runs the control plane): remove it, or pick another main lcore with --main-lcore"
+            );
+        }
+        if !lcore::is_enabled(l) {
+            bail!("dataplane.workers names lcore {l}, which EAL was not given: add it to -l (e.g. -l {main},{l}) or remove it from the workers");
+        }
+    }
+    if chosen.is_empty() {
+        bail!("no worker lcore: give EAL at least two lcores (e.g. -l 0,1): the main one runs the control plane, the others run workers");
+    }
+    Ok(chosen)
+}
+
+/// Runs the gateway until a stop condition; returns once everything is released.
+pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
+    let mut cfg = effective_config(&app)?;
+
+    // The built-in default: no device and no bridge named anywhere.
+    let demo = if cfg.bridges.is_empty() && !names_devices(&user_eal) {
+        let d = DemoTraffic::create().map_err(|e| anyhow!("cannot write the built-in traffic files: {e}: check that the temp dir is writable"))?;
+        cfg.bridges = vec![BridgeConfig { lan: d.bridge.0.clone(), wan: d.bridge.1.clone() }];
+        tracing::info!("no port named: bridging the built-in traffic source {} <-> {}", d.bridge.0, d.bridge.1);
+        Some(d)
+    } else {
+        None
+    };
+    let args = eal_args(&user_eal, demo.as_ref().map_or(&[][..], |d| &d.vdev_args[..]));
+    if cfg.bridges.is_empty() {
+        // Validated after EAL: ports may be paired in the order EAL probed them.
+        let mut probe = cfg.clone();
+        probe.bridges = vec![BridgeConfig { lan: "a".into(), wan: "b".into() }];
+        probe.validate()?;
+    } else {
+        cfg.validate()?;
+    }
+
+    tracing::info!("EAL arguments: {}", args[1..].join(" "));
+    let eal = Eal::init(&args)?;
+    let result = run_with_eal(&mut cfg, &app);
+    drop(demo);
+    eal.cleanup();
+    result
+}
+
+fn run_with_eal(cfg: &mut Config, app: &AppArgs) -> Result<()> {
+    if cfg.bridges.is_empty() {
+        let ports = crate::dpdk::port::available();
+        if ports.is_empty() || ports.len() % 2 != 0 {
+            bail!(
+                "no bridge configured and EAL found {} port(s), which cannot be paired: name the pairs with --port-pair LAN,WAN or [[bridge]] in the config",
+                ports.len()
+            );
+        }
+        cfg.bridges = ports
+            .chunks(2)
+            .map(|p| BridgeConfig { lan: p[0].name.clone(), wan: p[1].name.clone() })
+            .collect();
+        for b in &cfg.bridges {
+            tracing::info!("no bridge configured: pairing ports in probe order, {} <-> {}", b.lan, b.wan);
+        }
+    }
+    let dp = cfg.dataplane.clone();
+    let lcores = worker_lcores(cfg)?;
+    let nworkers = lcores.len();
+
+    // Ports, in bridge order: slot 2k is bridge k's LAN, 2k+1 its WAN.
+    let mut ports = Vec::new();
+    let mut infos = Vec::new();
+    for (k, b) in cfg.bridges.iter().enumerate() {
+        for (side, name) in [("lan", &b.lan), ("wan", &b.wan)] {
+            let port = Port::find(name).map_err(|e| anyhow!(e))?;
+            infos.push(PortInfo { slot: ports.len(), port_id: port.id, name: port.name.clone(), role: format!("{side}{k}") });
+            ports.push(port);
+        }
+    }
+
+    let pool = Mempool::new("hbgw_pkt", dp.mempool_size, dp.mempool_cache).map_err(|e| anyhow!(e))?;
+    let setup = PortSetup {
+        rx_queues: dp.rx_queues,
+        tx_queues: nworkers as u16,
+        rx_descriptors: dp.rx_descriptors,
+        tx_descriptors: dp.tx_descriptors,
+    };
+    let mut need = 0u64;
+    for p in &ports {
+        let outcome = p.setup(setup, &pool).map_err(|e| anyhow!(e))?;
+        need += u64::from(outcome.rx_descriptors) * u64::from(dp.rx_queues)
+            + u64::from(outcome.tx_descriptors) * nworkers as u64;
+        tracing::info!(
+            "port {} ({}, driver {}): {} rx queue(s){}, {} tx queue(s)",
+            p.id,
+            p.name,
+            p.driver(),
+            dp.rx_queues,
+            if outcome.rss { " with RSS" } else { "" },
+            nworkers
+        );
+    }
+    need += (nworkers as u64) * u64::from(dp.burst_size) * 3 + u64::from(dp.mempool_cache) * (nworkers as u64 + 1);
+    if u64::from(dp.mempool_size) < need {
+        bail!(
+            "dataplane.mempool_size {} cannot fill every descriptor and cache ({need} mbufs needed): raise it to at least {need} or lower the descriptor counts",
+            dp.mempool_size
+        );
+    }
+
+    // Every (port, rx queue) to exactly one worker, round-robin.
+    let mut plans: Vec<WorkerPlan> = lcores
+        .iter()
+        .enumerate()
+        .map(|(id, &lcore)| WorkerPlan { id, lcore, tx_queue: id as u16, burst_size: usize::from(dp.burst_size), rx: vec![] })
+        .collect();
+    let mut next = 0;
+    for (slot, p) in ports.iter().enumerate() {
+        let peer_slot = slot ^ 1;
+        for q in 0..dp.rx_queues {
+            plans[next % nworkers].rx.push(RxAssignment {
+                rx_port: p.id,
+                rx_queue: q,
+                rx_slot: slot,
+                tx_port: ports[peer_slot].id,
+                tx_slot: peer_slot,
+            });
+            next += 1;
+        }
+    }
+    if let Some(idle) = plans.iter().find(|p| p.rx.is_empty()) {
+        bail!(
+            "worker on lcore {} would have no rx queue to poll ({} workers, {} queues): raise dataplane.rx_queues or use fewer workers",
+            idle.lcore,
+            nworkers,
+            ports.len() * usize::from(dp.rx_queues)
+        );
+    }
+
+    let hz = tsc_hz().max(1);
+    let flush_cycles = (hz as f64 * LATENCY_FLUSH.as_secs_f64()) as u64;
+    let (recorders, exchange) = latency::exchange(nworkers, hz, flush_cycles);
+    let counters: Vec<Arc<WorkerCounters>> = (0..nworkers).map(|_| Arc::new(WorkerCounters::new(ports.len()))).collect();
+    let aggregator = StatsAggregator::new(
+        infos,
+        plans
+            .iter()
+            .zip(&counters)
+            .map(|(p, c)| WorkerInfo { id: p.id, lcore: p.lcore, counters: c.clone() })
+            .collect(),
+        Box::new(DpdkDeviceStats),
+        exchange,
+    );
+    for p in &ports {
+        p.start().map_err(|e| anyhow!(e))?;
+    }
+
+    let live = match app.live {
+        Live::Off => LiveOutput::Off,
+        Live::Line => LiveOutput::Line,
+        Live::Table => LiveOutput::Table,
+    };
+    let control = ControlPlane::start(
+        ControlPlaneConfig {
+            stats_socket: cfg.stats.socket.clone(),
+            interval: Duration::from_millis(cfg.stats.interval_ms),
+            hlog: cfg.stats.hlog.clone(),
+            live,
+        },
+        aggregator,
+    );
+    let control = match control {
+        Ok(c) => c,
+        Err(e) => {
+            for p in &ports {
+                p.stop_and_close();
+            }
+            return Err(e.into());
+        }
+    };
+
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, term.clone())?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut launch_error = None;
+    for ((plan, counters), recorder) in plans.iter().cloned().zip(counters.iter().cloned()).zip(recorders) {
+        let stop = stop.clone();
+        let lcore_id = plan.lcore;
+        tracing::info!("worker {} on lcore {}: {} rx queue(s)", plan.id, lcore_id, plan.rx.len());
+        let launched = lcore::launch(lcore_id, move || {
+            let mut worker = Worker::new(plan, DpdkIo::new(), Pipeline::bridge(), counters, recorder);
+            worker.run(&stop);
+            0
+        });
+        if let Err(e) = launched {
+            launch_error = Some(e);
+            break;
+        }
+    }
+    tracing::info!("forwarding; stats: hbgw stats --socket {}", cfg.stats.socket.display());
+
+    if launch_error.is_none() {
+        wait_for_stop(&term, app, &counters);
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait_all();
+    let report = control.stop();
+    for p in &ports {
+        p.stop_and_close();
+    }
+    println!("{}", report.render_table());
+    if let Some(e) = launch_error {
+        bail!(e);
+    }
+    Ok(())
+}
+
+fn total_rx(counters: &[Arc<WorkerCounters>]) -> u64 {
+    counters.iter().map(|c| (0..c.port_count()).map(|s| c.snapshot(s).rx).sum::<u64>()).sum()
+}
+
+fn wait_for_stop(term: &AtomicBool, app: &AppArgs, counters: &[Arc<WorkerCounters>]) {
+    let start = Instant::now();
+    let deadline = app.duration.map(|s| start + Duration::from_secs_f64(s.max(0.0)));
+    let idle_limit = app.exit_on_idle.map(Duration::from_millis);
+    let mut last_rx = 0;
+    let mut last_change = start;
+    loop {
+        std::thread::sleep(MAIN_POLL);
+        let now = Instant::now();
+        if term.load(Ordering::Relaxed) {
+            tracing::info!("signal received: stopping");
+            return;
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            tracing::info!("--duration reached: stopping");
+            return;
+        }
+        if let Some(limit) = idle_limit {
+            let rx = total_rx(counters);
+            if rx != last_rx {
+                last_rx = rx;
+                last_change = now;
+            } else if now.duration_since(last_change) >= limit {
+                tracing::info!("no frame for {} ms (--exit-on-idle): stopping", limit.as_millis());
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn eal_defaults_protect_the_machine() {
+        let a = eal_args(&v("hbgw -l 0,1"), &[]);
+        assert!(a.contains(&"--no-pci".to_owned()));
+        assert!(a.iter().any(|x| x.starts_with("--file-prefix=hbgw-")));
+        assert!(a.contains(&"--huge-unlink".to_owned()));
+
+        let a = eal_args(&v("hbgw -l 0,1 -a 0000:03:00.0 --file-prefix me"), &[]);
+        assert!(!a.contains(&"--no-pci".to_owned()), "an allow-list names what to probe");
+        assert_eq!(a.iter().filter(|x| x.starts_with("--file-prefix")).count(), 1);
+
+        let a = eal_args(&v("hbgw --no-huge"), &[]);
+        assert!(a.contains(&"--no-shconf".to_owned()) && a.contains(&"512".to_owned()));
+        assert!(!a.contains(&"--huge-unlink".to_owned()));
+    }
+}
