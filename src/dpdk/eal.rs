@@ -90,12 +90,33 @@ impl Eal {
         Ok(Eal { _argv: argv })
     }
 
-    /// Releases EAL's resources. Every port, mempool and worker must be done.
+    /// EAL's runtime directory (`/var/run/dpdk/<file-prefix>`).
+    pub fn runtime_dir(&self) -> Option<std::path::PathBuf> {
+        // SAFETY: returns a pointer to EAL's static runtime-dir buffer, valid
+        // while EAL runs; we copy it out at once.
+        let ptr = unsafe { ffi::rte_eal_get_runtime_dir() };
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: non-null and NUL-terminated.
+        let dir = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_string_lossy().into_owned();
+        (!dir.is_empty()).then(|| dir.into())
+    }
+
+    /// Releases EAL's resources and removes its runtime directory (sockets
+    /// and memory maps that only this primary process uses). Every port,
+    /// mempool and worker must be done.
     pub fn cleanup(self) {
+        let runtime_dir = self.runtime_dir();
         // SAFETY: called once, after workers have returned and ports are
         // closed (the gateway's shutdown order), as rte_eal_cleanup requires.
         unsafe {
             ffi::rte_eal_cleanup();
+        }
+        if let Some(dir) = runtime_dir {
+            // EAL 22.11 leaves the directory behind; nothing else uses it once
+            // the primary process has cleaned up.
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run every test of hbgw: unit tests, end-to-end tests through the real binary on
+# DPDK virtual devices, and the short smoke runs. Installs what it needs first
+# (Debian packages, hugepages when it can). CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+# Hugepage tests run when pages can be reserved; everything else uses --no-huge.
+if scripts/setup-hugepages.sh 512; then
+    export HBGW_TEST_HUGEPAGES=1
+else
+    echo "test: hugepages unavailable here; the hugepage end-to-end test is skipped" >&2
+fi
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked
