@@ -14,6 +14,14 @@ else
     echo "test: hugepages unavailable here; the hugepage end-to-end test is skipped" >&2
 fi
 
+# HdrHistogram's Python reader, to check that --hlog files read with a standard tool.
+if python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore hdrhistogram >/dev/null 2>&1 \
+    && python3 -c 'import hdrh.log' 2>/dev/null; then
+    export HBGW_TEST_PY_HDRH=1
+else
+    echo "test: could not install the Python hdrhistogram package; the hlog cross-check is skipped" >&2
+fi
+
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked

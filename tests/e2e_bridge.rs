@@ -50,6 +50,15 @@ fn check_bridge(huge: bool) {
         }
     }
     assert_eq!(samples, (lan_in.len() + wan_in.len()) as u64, "hlog samples");
+
+    // And HdrHistogram's own Python reader agrees (scripts/test.sh installs it).
+    if std::env::var("HBGW_TEST_PY_HDRH").is_ok_and(|v| v == "1") {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/perf/hlog-summary.py");
+        let out = std::process::Command::new("python3").arg(script).arg(&hlog).arg("--json").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["samples"], samples, "{summary}");
+    }
 }
 
 #[test]
