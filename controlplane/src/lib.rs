@@ -7,7 +7,8 @@
 //!   interval and cumulative views ([`stats::StatsAggregator`]);
 //! * [`admin`] — the stats socket `hbgw stats` talks to (one JSON line per
 //!   request; the protocol is in `docs/stats-protocol.md`);
-//! * [`hlog`] — the HdrHistogram interval log (`--hlog`).
+//! * [`hlog`] — the HdrHistogram interval log (`--hlog`);
+//! * [`event_log`] — JSON-lines event log, rotated, identical events folded.
 //!
 //! What it must never do: touch a worker's memory except to read counters,
 //! make a worker wait (all hand-over is through bounded channels the workers
@@ -15,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod event_log;
 pub mod hlog;
 pub mod stats;
 
