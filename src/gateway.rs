@@ -299,6 +299,10 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs) -> Result<()> {
         }
     };
 
+    if let Err(e) = crate::dpdk::telemetry::register(control.aggregator().clone()) {
+        tracing::warn!("{e}: dpdk-telemetry.py will not show hbgw's commands");
+    }
+
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone())?;

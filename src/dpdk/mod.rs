@@ -8,7 +8,8 @@
 //! * [`port`] — ethdev ports: find by name, configure queues and RSS, start,
 //!   stop, read device counters;
 //! * [`mbuf`] — [`hbgw_dataplane::io::PacketIo`] over mbuf bursts, which is how
-//!   the DPDK-free worker loop runs on real ports.
+//!   the DPDK-free worker loop runs on real ports;
+//! * [`telemetry`] — `/hbgw/stats` and `/hbgw/latency` for `dpdk-telemetry.py`.
 //!
 //! Every `unsafe` block carries a `SAFETY:` note saying why it holds.
 
@@ -18,6 +19,7 @@ pub mod lcore;
 pub mod mbuf;
 pub mod mempool;
 pub mod port;
+pub mod telemetry;
 
 use std::ffi::CStr;
 
