@@ -49,6 +49,9 @@ pub struct AppArgs {
     /// Write an HdrHistogram interval log of worker latency to FILE.
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR, e.g. 127.0.0.1:9469 (overrides stats.prometheus).
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus: Option<std::net::SocketAddr>,
     /// Stop by itself once no frame has arrived for MS milliseconds (e.g. a
     /// finite pcap was fully read).
     #[arg(long, value_name = "MS")]
@@ -108,6 +111,7 @@ const APP_FLAGS: &[&str] = &[
     "--stats-socket",
     "--stats-interval",
     "--hlog",
+    "--prometheus",
     "--exit-on-idle",
     "--duration",
     "--live",

@@ -70,6 +70,9 @@ pub fn effective_config(app: &AppArgs) -> Result<Config> {
     if let Some(p) = &app.hlog {
         cfg.stats.hlog = Some(p.clone());
     }
+    if let Some(a) = app.prometheus {
+        cfg.stats.prometheus = Some(a);
+    }
     Ok(cfg)
 }
 
@@ -286,6 +289,7 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs) -> Result<()> {
             interval: Duration::from_millis(cfg.stats.interval_ms),
             hlog: cfg.stats.hlog.clone(),
             live,
+            prometheus: cfg.stats.prometheus,
         },
         aggregator,
     );

@@ -52,3 +52,42 @@ fn dpdk_telemetry_reads_hbgw_commands() {
     assert!(out.status.success());
     assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "runtime dir removed at exit");
 }
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn prometheus_serves_counters_and_a_bucketed_latency_histogram() {
+    let lan_in = frames(800, 6);
+    let bed = PcapBed::new(&lan_in, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let args = bed.args(false, &["--stats-interval", "100", "--duration", "120", "--prometheus", &addr]);
+    let child = Command::new(HBGW).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        assert!(Instant::now() < deadline, "metrics never showed all frames");
+        if let Some(p) = http_get(&addr, "/metrics") {
+            if p.contains(&format!("hbgw_port_rx_packets_total{{port=\"net_pcap0\",role=\"lan0\"}} {}", lan_in.len())) {
+                break p;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("# TYPE hbgw_worker_latency_seconds histogram"));
+    assert!(page.contains(&format!("hbgw_worker_latency_seconds_bucket{{le=\"+Inf\"}} {}", lan_in.len())), "{page}");
+    assert!(page.contains(&format!("hbgw_worker_latency_seconds_count {}", lan_in.len())));
+    let missing = http_get(&addr, "/nope").unwrap();
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    signal(&child, libc::SIGTERM);
+    let out = wait_with_timeout(child, Duration::from_secs(30));
+    assert!(out.status.success());
+}

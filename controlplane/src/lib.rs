@@ -8,7 +8,8 @@
 //! * [`admin`] — the stats socket `hbgw stats` talks to (one JSON line per
 //!   request; the protocol is in `docs/stats-protocol.md`);
 //! * [`hlog`] — the HdrHistogram interval log (`--hlog`);
-//! * [`event_log`] — JSON-lines event log, rotated, identical events folded.
+//! * [`event_log`] — JSON-lines event log, rotated, identical events folded;
+//! * [`metrics`] — Prometheus metrics with bucketed latency histograms.
 //!
 //! What it must never do: touch a worker's memory except to read counters,
 //! make a worker wait (all hand-over is through bounded channels the workers
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod event_log;
 pub mod hlog;
+pub mod metrics;
 pub mod stats;
 
 use hbgw_shared::stats::StatsReport;
@@ -37,6 +39,8 @@ pub struct ControlPlaneConfig {
     pub hlog: Option<PathBuf>,
     /// What to print on stdout every interval.
     pub live: LiveOutput,
+    /// Serve Prometheus metrics on this local address.
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 /// Live output on stdout.
@@ -56,6 +60,9 @@ pub enum ControlPlaneError {
     /// The stats socket could not be bound.
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    /// The metrics port could not be opened.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     /// The histogram log could not be created.
     #[error("cannot create histogram log {path}: {source}: check the --hlog path")]
     Hlog {
@@ -81,6 +88,7 @@ impl ControlPlane {
     /// before this returns, so their errors are reported here.
     pub fn start(config: ControlPlaneConfig, aggregator: StatsAggregator) -> Result<Self, ControlPlaneError> {
         let listener = admin::bind(&config.stats_socket)?;
+        let metrics_listener = config.prometheus.map(metrics::bind).transpose()?;
         let hlog = match &config.hlog {
             Some(path) => Some(
                 hlog::HlogFile::create(path)
@@ -98,7 +106,7 @@ impl ControlPlane {
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime builds");
-                runtime.block_on(run(config, agg, listener, hlog, shutdown_rx));
+                runtime.block_on(run(config, agg, listener, metrics_listener, hlog, shutdown_rx));
             })
             .map_err(ControlPlaneError::Thread)?;
         Ok(Self { thread, shutdown, aggregator })
@@ -126,10 +134,12 @@ async fn run(
     config: ControlPlaneConfig,
     aggregator: Arc<Mutex<StatsAggregator>>,
     listener: std::os::unix::net::UnixListener,
+    metrics_listener: Option<std::net::TcpListener>,
     mut hlog: Option<hlog::HlogFile>,
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
     let server = tokio::spawn(admin::serve(listener, config.stats_socket.clone(), aggregator.clone()));
+    let metrics_server = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, aggregator.clone())));
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -152,6 +162,9 @@ async fn run(
         }
     }
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&config.stats_socket);
     // The final interval goes to the log too, so it covers the whole run.
     if let Some(h) = hlog.as_mut() {

@@ -261,6 +261,16 @@ impl StatsAggregator {
         }
     }
 
+    /// All workers' latency since start (or the last `clear`).
+    pub fn total_histogram(&self) -> &Histogram<u64> {
+        &self.all_total
+    }
+
+    /// Each worker's latency since start, by worker id.
+    pub fn worker_total_histograms(&self) -> impl Iterator<Item = (usize, &Histogram<u64>)> {
+        self.workers.iter().zip(&self.worker_latency).map(|(w, l)| (w.id, &l.total))
+    }
+
     /// Total frames received by all workers so far.
     pub fn total_rx(&self) -> u64 {
         self.raw_worker_counts().iter().map(|c| c.rx).sum()

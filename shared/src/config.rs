@@ -98,6 +98,9 @@ pub struct StatsConfig {
     pub interval_ms: u64,
     /// Write an HdrHistogram interval log here (one entry per interval).
     pub hlog: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
+    /// `127.0.0.1:9469`. Off when absent.
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 /// Default path of the stats socket.
@@ -105,7 +108,7 @@ pub const DEFAULT_STATS_SOCKET: &str = "/run/hbgw/hbgw.sock";
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        Self { socket: PathBuf::from(DEFAULT_STATS_SOCKET), interval_ms: 1000, hlog: None }
+        Self { socket: PathBuf::from(DEFAULT_STATS_SOCKET), interval_ms: 1000, hlog: None, prometheus: None }
     }
 }
 

@@ -1,13 +1,21 @@
 //! # hbgw-shared
 //!
 //! What both planes of hbgw agree on: the configuration file's types and their
-//! validation ([`config`]), and the stats report that the control plane serves
-//! and `hbgw stats` prints ([`stats`]).
+//! validation ([`config`]), the stats report that the control plane serves
+//! and `hbgw stats` prints ([`stats`]), and the state the control plane writes
+//! and data-plane workers read without locks ([`state`]): endpoint health
+//! ([`endpoint`]), threat indicators ([`indicators`]) and the firewall policy
+//! ([`policy`]).
 //!
 //! This crate owns plain data and pure functions only. It must never touch
 //! DPDK, spawn threads, do I/O beyond reading the config text it is handed, or
 //! depend on either plane: both planes depend on it, never the other way round.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
+pub mod endpoint;
+pub mod indicators;
+pub mod policy;
+pub mod state;
 pub mod stats;

@@ -1,0 +1,216 @@
+//! Everything the control plane publishes to the data-plane workers, in one
+//! place: the compiled policy, the threat indicator set (with its exclusions
+//! and feed settings) and the endpoint table.
+//!
+//! # Concurrency design
+//!
+//! Workers read on every packet; the control plane writes rarely (a health
+//! change now and then, a new policy or feed every few minutes). So the read
+//! side must cost next to nothing and never wait:
+//!
+//! * **No lock, no write to shared memory per lookup.** A `dashmap` read takes
+//!   its shard's `RwLock` for reading: an atomic read-modify-write on the lock
+//!   word. Two workers reading the same shard bounce that cache line between
+//!   their cores on every packet, and a writer holding the shard stalls them.
+//!   dashmap stays where many writers meet (the control plane's own tables);
+//!   workers get immutable data instead.
+//! * **Bulk data is built aside and swapped whole** ([`arc_swap::ArcSwap`]):
+//!   a new [`CompiledPolicy`] or a 1M-entry [`IndicatorSet`] is compiled off
+//!   the fast path, then published with one pointer store. A worker sees the
+//!   old one or the new one, never half. The old one is freed when the last
+//!   worker lets go of it.
+//! * **Per-endpoint health is one atomic byte** shared by every generation of
+//!   the endpoint index (see [`crate::endpoint`]), so "heartbeat turned red"
+//!   is one store and takes effect on the next packet, with no rebuild.
+//! * **Workers cache.** A [`WorkerView`] holds an [`arc_swap::Cache`] per
+//!   item; [`WorkerView::refresh`] (once per burst) is one atomic load of each
+//!   published pointer while nothing changed, and takes a reference count
+//!   only when something did. Between refreshes the worker uses plain
+//!   references.
+//!
+//! `benches/state_lookup.rs` measures this against a `DashMap`.
+
+use crate::endpoint::{EndpointReader, EndpointSnapshot, EndpointTable, EndpointTableWriter};
+use crate::indicators::{ExclusionSet, IndicatorError, IndicatorSet, ThreatExclusion, ThreatFeedSettings};
+use crate::policy::CompiledPolicy;
+use arc_swap::{ArcSwap, Cache};
+use std::fmt;
+use std::sync::Arc;
+
+/// The state the control plane publishes and the workers read. Share it as
+/// `Arc<GatewayState>`; the endpoint table's writer is handed out separately
+/// by [`GatewayState::new`] (there is one).
+#[derive(Debug)]
+pub struct GatewayState {
+    policy: Arc<ArcSwap<CompiledPolicy>>,
+    indicators: Arc<ArcSwap<IndicatorSet>>,
+    endpoints: EndpointTable,
+}
+
+impl GatewayState {
+    /// The state with a first policy and indicator set and an empty endpoint
+    /// table, and the endpoint table's writer (for the control plane).
+    pub fn new(policy: CompiledPolicy, indicators: IndicatorSet) -> (Arc<Self>, EndpointTableWriter) {
+        let writer = EndpointTableWriter::new();
+        let state = GatewayState {
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            indicators: Arc::new(ArcSwap::from_pointee(indicators)),
+            endpoints: writer.table(),
+        };
+        (Arc::new(state), writer)
+    }
+
+    /// Publishes a new policy; workers use it from their next refresh.
+    pub fn set_policy(&self, policy: CompiledPolicy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// Publishes a new indicator set (a new feed, built aside).
+    pub fn set_indicators(&self, indicators: IndicatorSet) {
+        self.indicators.store(Arc::new(indicators));
+    }
+
+    /// Publishes the current indicators with new feed settings (no rebuild).
+    pub fn set_feed_settings(&self, settings: &ThreatFeedSettings) {
+        self.indicators.rcu(|current| current.with_settings(settings));
+    }
+
+    /// Publishes the current indicators with new exclusions (the indicators
+    /// are not rebuilt).
+    pub fn set_exclusions<'a>(
+        &self,
+        exclusions: impl IntoIterator<Item = &'a ThreatExclusion>,
+    ) -> Result<(), IndicatorError> {
+        let compiled = Arc::new(ExclusionSet::compile(exclusions)?);
+        self.indicators.rcu(|current| current.with_exclusion_set(Arc::clone(&compiled)));
+        Ok(())
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Arc<CompiledPolicy> {
+        self.policy.load_full()
+    }
+
+    /// The current indicator set.
+    pub fn indicators(&self) -> Arc<IndicatorSet> {
+        self.indicators.load_full()
+    }
+
+    /// The endpoint table's read handle.
+    pub fn endpoints(&self) -> &EndpointTable {
+        &self.endpoints
+    }
+
+    /// A view for one worker thread.
+    pub fn worker_view(&self) -> WorkerView {
+        WorkerView {
+            policy: Cache::new(Arc::clone(&self.policy)),
+            indicators: Cache::new(Arc::clone(&self.indicators)),
+            endpoints: self.endpoints.reader(),
+        }
+    }
+}
+
+/// One worker's cached view of the [`GatewayState`]. Not shared between
+/// threads: each worker makes its own with [`GatewayState::worker_view`].
+pub struct WorkerView {
+    policy: Cache<Arc<ArcSwap<CompiledPolicy>>, Arc<CompiledPolicy>>,
+    indicators: Cache<Arc<ArcSwap<IndicatorSet>>, Arc<IndicatorSet>>,
+    endpoints: EndpointReader,
+}
+
+impl fmt::Debug for WorkerView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WorkerView")
+    }
+}
+
+/// What a worker uses for one burst.
+#[derive(Debug, Clone, Copy)]
+pub struct StateView<'a> {
+    /// The policy.
+    pub policy: &'a CompiledPolicy,
+    /// Indicators, exclusions and feed settings.
+    pub indicators: &'a IndicatorSet,
+    /// Endpoint health by MAC and IP (health values are live).
+    pub endpoints: &'a EndpointSnapshot,
+}
+
+impl WorkerView {
+    /// The newest published state; call once per burst.
+    #[inline]
+    pub fn refresh(&mut self) -> StateView<'_> {
+        StateView {
+            policy: self.policy.load(),
+            indicators: self.indicators.load(),
+            endpoints: self.endpoints.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Endpoint, EndpointHealth, EndpointId, EndpointInterface, MacAddr};
+    use crate::indicators::{FeedAction, IndicatorMatch, ThreatIndicator};
+    use crate::policy::{DecisionReason, FlowKey, Policy, PortRole, Protocol, RuleAction};
+    use std::net::IpAddr;
+    use std::path::Path;
+
+    #[test]
+    fn worker_sees_each_publication_on_refresh() {
+        let (state, mut writer) = GatewayState::new(CompiledPolicy::default(), IndicatorSet::empty());
+        let mut view = state.worker_view();
+        let src: IpAddr = "10.0.0.5".parse().unwrap();
+        let dst: IpAddr = "203.0.113.9".parse().unwrap();
+        let flow = FlowKey {
+            ingress: PortRole::Lan,
+            egress: PortRole::Wan,
+            vlan: None,
+            src,
+            dst,
+            protocol: Protocol::TCP,
+            src_port: 50000,
+            dst_port: 443,
+        };
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        {
+            let v = view.refresh();
+            assert_eq!(v.policy.evaluate(&flow, EndpointHealth::Unknown, EndpointHealth::Unknown).action, RuleAction::Accept);
+            assert_eq!(v.indicators.match_ip(dst), IndicatorMatch::NoMatch);
+        }
+
+        let policy = Policy::parse(
+            "[[rule]]\nname = \"green only\"\naction = \"accept\"\nmin_source_heartbeat = \"green\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap()
+        .compile()
+        .unwrap();
+        state.set_policy(policy);
+        let feed = [ThreatIndicator { kind: "203.0.113.0/24".parse().unwrap(), audit_id: "A1".into(), feed: "mdr".into() }];
+        state.set_indicators(IndicatorSet::build(&feed, &[], &ThreatFeedSettings::default()).unwrap());
+        writer.upsert(Endpoint {
+            id: EndpointId(1),
+            interfaces: vec![EndpointInterface { mac, ips: vec![src] }],
+            health: EndpointHealth::Green,
+        });
+
+        let v = view.refresh();
+        let health = v.endpoints.health_by_ip(src);
+        assert_eq!(health, EndpointHealth::Green);
+        assert_eq!(v.policy.evaluate(&flow, health, EndpointHealth::Unknown).action, RuleAction::Accept);
+        assert!(v.indicators.match_ip(dst).drops());
+
+        writer.set_health(EndpointId(1), EndpointHealth::Red).unwrap();
+        let health = v.endpoints.health_by_mac(&mac);
+        let d = v.policy.evaluate(&flow, health, EndpointHealth::Unknown);
+        assert_eq!((d.action, d.reason), (RuleAction::Drop, DecisionReason::SourceHeartbeat));
+
+        state.set_feed_settings(&ThreatFeedSettings { action: FeedAction::LogOnly, ..Default::default() });
+        state.set_exclusions(&["203.0.113.9".parse().unwrap()]).unwrap();
+        let v = view.refresh();
+        assert!(matches!(v.indicators.match_ip(dst), IndicatorMatch::Excluded(h) if h.action == FeedAction::LogOnly));
+        assert_eq!(state.indicators().settings().action, FeedAction::LogOnly);
+    }
+}
