@@ -43,8 +43,15 @@ fn dpdk_telemetry_reads_hbgw_commands() {
     assert_eq!(s["total"]["tx"], lan_in.len());
     assert_eq!(s["port_net_pcap0"]["rx"], lan_in.len());
     assert_eq!(s["port_net_pcap1"]["tx"], lan_in.len());
-    let lat = telemetry(&prefix, "/hbgw/latency").unwrap();
-    assert_eq!(lat["/hbgw/latency"]["total"]["count"], lan_in.len(), "{lat}");
+    // Latency arrives with the workers' next histogram flush (every 100 ms).
+    let lat = loop {
+        let lat = telemetry(&prefix, "/hbgw/latency").unwrap();
+        if lat["/hbgw/latency"]["total"]["count"] == lan_in.len() {
+            break lat;
+        }
+        assert!(Instant::now() < deadline, "latency never counted every frame: {lat}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(lat["/hbgw/latency"]["total"]["p99_99"].as_u64().unwrap() > 0);
 
     signal(&child, libc::SIGINT);
@@ -75,7 +82,11 @@ fn prometheus_serves_counters_and_a_bucketed_latency_histogram() {
     let page = loop {
         assert!(Instant::now() < deadline, "metrics never showed all frames");
         if let Some(p) = http_get(&addr, "/metrics") {
-            if p.contains(&format!("hbgw_port_rx_packets_total{{port=\"net_pcap0\",role=\"lan0\"}} {}", lan_in.len())) {
+            // Counters are read live; latency arrives with the workers' next
+            // flush (every 100 ms), so wait for both.
+            if p.contains(&format!("hbgw_port_rx_packets_total{{port=\"net_pcap0\",role=\"lan0\"}} {}", lan_in.len()))
+                && p.contains(&format!("hbgw_worker_latency_seconds_count {}", lan_in.len()))
+            {
                 break p;
             }
         }

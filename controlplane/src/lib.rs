@@ -9,7 +9,9 @@
 //!   request; the protocol is in `docs/stats-protocol.md`);
 //! * [`hlog`] — the HdrHistogram interval log (`--hlog`);
 //! * [`event_log`] — JSON-lines event log, rotated, identical events folded;
-//! * [`metrics`] — Prometheus metrics with bucketed latency histograms.
+//! * [`metrics`] — Prometheus metrics with bucketed latency histograms;
+//! * [`threat_log`] — Active threat response and heartbeat-drop logs from the
+//!   workers' events.
 //!
 //! What it must never do: touch a worker's memory except to read counters,
 //! make a worker wait (all hand-over is through bounded channels the workers
@@ -21,6 +23,7 @@ pub mod event_log;
 pub mod hlog;
 pub mod metrics;
 pub mod stats;
+pub mod threat_log;
 
 use hbgw_shared::stats::StatsReport;
 use stats::StatsAggregator;

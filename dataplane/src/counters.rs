@@ -6,6 +6,7 @@
 //! once per packet. Each port's block is cache-line aligned so that two
 //! workers never write the same line.
 
+use crate::parse::Malformed;
 use crate::verdict::DropReason;
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -21,6 +22,20 @@ pub struct PortCounters {
     pub punted: AtomicU64,
     /// Frames that arrived on the port and were dropped, by reason.
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// Frames whose headers did not parse, by reason (dropped or not,
+    /// depending on the malformed-frame policy).
+    pub malformed: [AtomicU64; Malformed::COUNT],
+    /// Tap mode: frames that would have been dropped, by reason (forwarded).
+    pub tap_would_drop: [AtomicU64; DropReason::COUNT],
+}
+
+/// Worker-wide counters of what could not be handed to the control plane.
+#[derive(Debug, Default)]
+pub struct MiscCounters {
+    /// Events lost to a full event channel.
+    pub events_lost: AtomicU64,
+    /// Source MACs not recorded because the worker's seen-MAC set was full.
+    pub seen_macs_overflow: AtomicU64,
 }
 
 /// A snapshot of [`PortCounters`].
@@ -34,6 +49,10 @@ pub struct PortCountersSnapshot {
     pub punted: u64,
     /// Drops by reason index.
     pub drops: [u64; DropReason::COUNT],
+    /// Malformed frames by reason index.
+    pub malformed: [u64; Malformed::COUNT],
+    /// Tap mode: would-drop by reason index.
+    pub tap_would_drop: [u64; DropReason::COUNT],
 }
 
 impl PortCountersSnapshot {
@@ -48,6 +67,8 @@ impl PortCountersSnapshot {
 #[derive(Debug)]
 pub struct WorkerCounters {
     ports: Box<[CachePadded<PortCounters>]>,
+    /// Worker-wide figures.
+    pub misc: CachePadded<MiscCounters>,
 }
 
 /// Adds `n` to a counter this thread alone writes.
@@ -59,7 +80,10 @@ pub fn bump(counter: &AtomicU64, n: u64) {
 impl WorkerCounters {
     /// Zeroed counters for `ports` port slots.
     pub fn new(ports: usize) -> Self {
-        Self { ports: (0..ports).map(|_| CachePadded::new(PortCounters::default())).collect() }
+        Self {
+            ports: (0..ports).map(|_| CachePadded::new(PortCounters::default())).collect(),
+            misc: CachePadded::new(MiscCounters::default()),
+        }
     }
 
     /// The counters of port slot `slot`.
@@ -76,11 +100,21 @@ impl WorkerCounters {
     /// Reads one port slot's counters.
     pub fn snapshot(&self, slot: usize) -> PortCountersSnapshot {
         let p = &self.ports[slot];
-        let mut drops = [0; DropReason::COUNT];
-        for (d, c) in drops.iter_mut().zip(&p.drops) {
-            *d = c.load(Relaxed);
-        }
-        PortCountersSnapshot { rx: p.rx.load(Relaxed), tx: p.tx.load(Relaxed), punted: p.punted.load(Relaxed), drops }
+        let load = |out: &mut [u64], from: &[AtomicU64]| {
+            for (d, c) in out.iter_mut().zip(from) {
+                *d = c.load(Relaxed);
+            }
+        };
+        let mut s = PortCountersSnapshot {
+            rx: p.rx.load(Relaxed),
+            tx: p.tx.load(Relaxed),
+            punted: p.punted.load(Relaxed),
+            ..Default::default()
+        };
+        load(&mut s.drops, &p.drops);
+        load(&mut s.malformed, &p.malformed);
+        load(&mut s.tap_would_drop, &p.tap_would_drop);
+        s
     }
 }
 

@@ -121,12 +121,15 @@ impl LatencyRecorder {
         let _ = self.histogram.record_n(ns, packets);
     }
 
-    /// Flushes if a flush period has passed since the last one.
+    /// Flushes if a flush period has passed since the last one; returns
+    /// whether it did (the worker does its other periodic work then too).
     #[inline]
-    pub fn maybe_flush(&mut self, now: u64) {
+    pub fn maybe_flush(&mut self, now: u64) -> bool {
         if now.wrapping_sub(self.last_flush) >= self.flush_every {
             self.flush(now);
+            return true;
         }
+        false
     }
 
     /// Hands the current histogram to the control plane if a spare is back.

@@ -5,9 +5,16 @@
 //!
 //! * [`io`] — the small I/O trait a worker polls ([`io::PacketIo`]), and an
 //!   in-memory implementation ([`io::mem::MemIo`]) for tests;
-//! * [`pipeline`] — one frame in, one [`verdict::Verdict`] out;
+//! * [`parse`] — zero-copy parsers from Ethernet up to DNS / TLS SNI / HTTP
+//!   hints, every input handled without a panic or an allocation;
+//! * [`pipeline`] — one frame in, one [`verdict::Verdict`] out: parse, then
+//!   [`enforce`] (exclusions -> threat indicators -> lateral movement ->
+//!   heartbeat rules -> default) against the state the control plane
+//!   publishes ([`hbgw_shared::state`]); [`events`] carries what it logs;
 //! * [`worker`] — the poll loop: `rx_burst` -> pipeline -> `tx_burst`, unsent
 //!   frames freed and counted;
+//! * [`seen_macs`] — which source MACs sent traffic on which port, flushed
+//!   to the control plane for its missing-heartbeat timers;
 //! * [`counters`] and [`latency`] — what a worker publishes for the control
 //!   plane: single-writer counters and an HDR histogram of processing latency.
 //!
@@ -18,8 +25,12 @@
 #![deny(missing_docs)]
 
 pub mod counters;
+pub mod enforce;
+pub mod events;
 pub mod io;
 pub mod latency;
+pub mod parse;
 pub mod pipeline;
+pub mod seen_macs;
 pub mod verdict;
 pub mod worker;

@@ -1,38 +1,138 @@
-//! One frame in, one verdict out.
+//! One frame in, one verdict out: `parse` -> `enforce` -> verdict.
 //!
-//! Today the pipeline is the transparent bridge: any well-formed Ethernet frame
-//! is forwarded unchanged to the other side. The enforcement stages (parse ->
-//! classify -> verdict against endpoint health, policy and threat indicators)
-//! plug in here; the worker loop does not change when they do.
+//! A pipeline is either the plain **bridge** (no policy: every well-formed
+//! frame crosses unchanged, and the payload is never read, so no-policy
+//! forwarding pays no cache miss per packet) or **enforcing**: each frame is
+//! parsed in place ([`crate::parse`]), its source MAC is noted for the
+//! missing-heartbeat timers ([`crate::seen_macs`]), and [`crate::enforce`]
+//! decides against the state the control plane publishes. In tap mode every
+//! verdict is computed, counted and logged, and nothing is dropped.
 
+use crate::counters::{bump, WorkerCounters};
+use crate::enforce::{EnforcementConfig, Enforcer, MalformedAction, PortContext};
+use crate::events::EventSender;
+use crate::parse::{parse_frame, Malformed};
+use crate::seen_macs::{SeenMac, SeenMacs, SeenMacsFlusher};
 use crate::verdict::{DropReason, Verdict};
+use hbgw_shared::state::WorkerView;
+use std::sync::Arc;
 
 /// Bytes in an Ethernet II header (dst MAC, src MAC, EtherType).
 pub const ETHERNET_HEADER_LEN: usize = 14;
 
-/// The per-worker pipeline. Each worker owns one, so stages may keep
-/// worker-local scratch state without sharing.
-#[derive(Debug, Default)]
+/// Everything an enforcing pipeline owns.
+pub struct Enforcing {
+    /// The decide stage.
+    pub enforcer: Enforcer,
+    /// This worker's cached view of the published state.
+    pub view: WorkerView,
+    /// Role of each port slot and of its bridge peer.
+    pub ports: Box<[PortContext]>,
+    /// Where events go.
+    pub events: EventSender,
+    /// Source MACs seen since the last flush.
+    pub seen: SeenMacs,
+    /// Hands `seen` to the control plane.
+    pub seen_flusher: SeenMacsFlusher,
+    /// Counters for malformed and tap-mode figures.
+    pub counters: Arc<WorkerCounters>,
+}
+
+enum Mode {
+    Bridge,
+    Enforce(Box<Enforcing>),
+}
+
+/// The per-worker pipeline. Each worker owns one.
 pub struct Pipeline {
-    _private: (),
+    mode: Mode,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.mode {
+            Mode::Bridge => "Pipeline::Bridge",
+            Mode::Enforce(_) => "Pipeline::Enforce",
+        })
+    }
 }
 
 impl Pipeline {
     /// A bridge pipeline with no policy.
     pub fn bridge() -> Self {
-        Self::default()
+        Pipeline { mode: Mode::Bridge }
     }
 
-    /// Decides what happens to `frame`. Must not allocate, lock or log.
-    #[inline]
-    pub fn verdict(&mut self, frame: &[u8]) -> Verdict {
-        // The bridge never reads past the length: touching the payload would
-        // cost a cache miss per packet that no-policy forwarding does not need.
-        if frame.len() < ETHERNET_HEADER_LEN {
-            return Verdict::Drop(DropReason::Runt);
-        }
-        Verdict::Forward
+    /// An enforcing pipeline.
+    pub fn enforcing(parts: Enforcing) -> Self {
+        Pipeline { mode: Mode::Enforce(Box::new(parts)) }
     }
+
+    /// Decides what happens to `frame`, which arrived on port slot
+    /// `ingress_slot`. Must not allocate, lock or log.
+    #[inline]
+    pub fn verdict(&mut self, frame: &[u8], ingress_slot: usize) -> Verdict {
+        let ctx = match &mut self.mode {
+            Mode::Bridge => {
+                if frame.len() < ETHERNET_HEADER_LEN {
+                    return Verdict::Drop(DropReason::Runt);
+                }
+                return Verdict::Forward;
+            }
+            Mode::Enforce(ctx) => ctx,
+        };
+        let config_tap = ctx.enforcer.config().tap_mode;
+        let pf = match parse_frame(frame) {
+            Ok(pf) => pf,
+            Err(m) => {
+                let port = ctx.counters.port(ingress_slot);
+                bump(&port.malformed[m.index()], 1);
+                if m == Malformed::EthernetTruncated {
+                    return tap(ctx, config_tap, ingress_slot, DropReason::Runt);
+                }
+                return match ctx.enforcer.config().malformed {
+                    MalformedAction::Drop => tap(ctx, config_tap, ingress_slot, DropReason::Malformed),
+                    MalformedAction::Forward => Verdict::Forward,
+                };
+            }
+        };
+        ctx.seen.insert(SeenMac::new(pf.src_mac, ingress_slot));
+        let Enforcing { enforcer, view, ports, events, .. } = &mut **ctx;
+        let state = view.refresh();
+        let port = ports[ingress_slot];
+        let decision = enforcer.decide(&pf, ingress_slot as u16, port, &state, &mut |e| events.send(e));
+        match decision.verdict {
+            Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
+            v => v,
+        }
+    }
+
+    /// Periodic work off the per-packet path: hands seen MACs to the control
+    /// plane and publishes lost-event counts. Call every flush period.
+    pub fn housekeeping(&mut self) {
+        if let Mode::Enforce(ctx) = &mut self.mode {
+            ctx.seen_flusher.flush(&mut ctx.seen);
+            let misc = &ctx.counters.misc;
+            misc.events_lost.store(ctx.events.lost, std::sync::atomic::Ordering::Relaxed);
+            misc.seen_macs_overflow.store(ctx.seen.overflowed, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// In tap mode a drop is counted as "would drop" and the frame forwarded.
+#[inline]
+fn tap(ctx: &Enforcing, tap_mode: bool, slot: usize, reason: DropReason) -> Verdict {
+    if tap_mode {
+        bump(&ctx.counters.port(slot).tap_would_drop[reason.index()], 1);
+        Verdict::Forward
+    } else {
+        Verdict::Drop(reason)
+    }
+}
+
+/// A default enforcement configuration (for tests and the built-in default).
+pub fn default_enforcement() -> EnforcementConfig {
+    EnforcementConfig::default()
 }
 
 #[cfg(test)]
@@ -42,9 +142,9 @@ mod tests {
     #[test]
     fn bridge_forwards_frames_and_drops_runts() {
         let mut p = Pipeline::bridge();
-        assert_eq!(p.verdict(&[0u8; 60]), Verdict::Forward);
-        assert_eq!(p.verdict(&[0u8; 14]), Verdict::Forward);
-        assert_eq!(p.verdict(&[0u8; 13]), Verdict::Drop(DropReason::Runt));
-        assert_eq!(p.verdict(&[]), Verdict::Drop(DropReason::Runt));
+        assert_eq!(p.verdict(&[0u8; 60], 0), Verdict::Forward);
+        assert_eq!(p.verdict(&[0u8; 14], 0), Verdict::Forward);
+        assert_eq!(p.verdict(&[0u8; 13], 0), Verdict::Drop(DropReason::Runt));
+        assert_eq!(p.verdict(&[], 0), Verdict::Drop(DropReason::Runt));
     }
 }

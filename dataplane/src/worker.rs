@@ -106,12 +106,15 @@ impl<I: PacketIo> Worker<I> {
                 if idle_polls >= IDLE_POLLS_PER_CLOCK_CHECK {
                     idle_polls = 0;
                     let now = self.io.cycles();
-                    self.latency.maybe_flush(now);
+                    if self.latency.maybe_flush(now) {
+                        self.pipeline.housekeeping();
+                    }
                 }
             }
         }
         let now = self.io.cycles();
         self.latency.flush(now);
+        self.pipeline.housekeeping();
     }
 
     /// One pass over every rx queue this worker owns; returns frames received.
@@ -138,7 +141,7 @@ impl<I: PacketIo> Worker<I> {
         let mut drops = [0u64; DropReason::COUNT];
         for i in 0..n {
             let pkt = self.rx_buf[i];
-            match self.pipeline.verdict(self.io.frame(&pkt)) {
+            match self.pipeline.verdict(self.io.frame(&pkt), a.rx_slot) {
                 Verdict::Forward => {
                     self.tx_buf[to_tx] = pkt;
                     to_tx += 1;
@@ -180,7 +183,9 @@ impl<I: PacketIo> Worker<I> {
         if sent > 0 {
             bump(&self.counters.port(a.tx_slot).tx, sent as u64);
         }
-        self.latency.maybe_flush(end);
+        if self.latency.maybe_flush(end) {
+            self.pipeline.housekeeping();
+        }
         n
     }
 }

@@ -40,6 +40,84 @@ pub struct Config {
     /// The stats socket, interval and histogram log.
     #[serde(default)]
     pub stats: StatsConfig,
+    /// Synchronized Security enforcement. Absent: a plain bridge.
+    pub enforcement: Option<EnforcementSection>,
+    /// The event log (Active threat response and heartbeat drops).
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// `[enforcement]`: where the state comes from and how the decide stage acts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforcementSection {
+    /// Firewall policy file (`shared/src/policy.rs` format). Absent: accept
+    /// everything that no indicator or heartbeat check stops.
+    pub policy: Option<PathBuf>,
+    /// Threat feed file (`shared/src/feed_file.rs` format).
+    pub threat_feed: Option<PathBuf>,
+    /// Static endpoints file, for running without heartbeats (tests, demo).
+    pub endpoints: Option<PathBuf>,
+    /// Observe only: compute and log every verdict, drop nothing.
+    pub tap_mode: bool,
+    /// Frames whose headers do not parse: `drop` (default) or `forward`.
+    pub malformed: MalformedPolicy,
+    /// The gateway's own addresses: frames for them go to the exception path.
+    pub gateway_addresses: Vec<std::net::IpAddr>,
+    /// Lateral movement protection.
+    pub lateral_movement: LateralMovementConfig,
+}
+
+/// What to do with frames that do not parse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MalformedPolicy {
+    /// Drop and count.
+    #[default]
+    Drop,
+    /// Forward unchecked, and count.
+    Forward,
+}
+
+/// `[enforcement.lateral_movement]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LateralMovementConfig {
+    /// Drop traffic between two known endpoints when either is Red.
+    pub enabled: bool,
+    /// Yellow counts too.
+    pub include_yellow: bool,
+    /// Missing counts too.
+    pub include_missing: bool,
+}
+
+impl Default for LateralMovementConfig {
+    fn default() -> Self {
+        Self { enabled: true, include_yellow: false, include_missing: false }
+    }
+}
+
+/// `[events]`: the JSON-lines event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// The log file. Absent: events are counted but not written.
+    pub log: Option<PathBuf>,
+    /// Rotate when the file passes this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+    /// Identical events within this many milliseconds are folded into one
+    /// line and a count.
+    pub rate_limit_ms: u64,
+    /// Capacity of the workers' event channel.
+    pub channel_capacity: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { log: None, max_bytes: 64 << 20, keep: 5, rate_limit_ms: 1000, channel_capacity: 65536 }
+    }
 }
 
 /// Workers, queues and buffers.

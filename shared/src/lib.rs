@@ -5,16 +5,18 @@
 //! and `hbgw stats` prints ([`stats`]), and the state the control plane writes
 //! and data-plane workers read without locks ([`state`]): endpoint health
 //! ([`endpoint`]), threat indicators ([`indicators`]) and the firewall policy
-//! ([`policy`]).
+//! ([`policy`]), and the files they can be loaded from without a Central
+//! ([`feed_file`]).
 //!
 //! This crate owns plain data and pure functions only. It must never touch
-//! DPDK, spawn threads, do I/O beyond reading the config text it is handed, or
+//! DPDK, spawn threads, do I/O beyond reading the files it is named, or
 //! depend on either plane: both planes depend on it, never the other way round.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod endpoint;
+pub mod feed_file;
 pub mod indicators;
 pub mod policy;
 pub mod state;

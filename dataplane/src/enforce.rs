@@ -1,0 +1,343 @@
+//! The decide stage: a parsed frame, the port it came in on and the state the
+//! control plane published -> forward, drop (with a reason) or punt.
+//!
+//! Order of evaluation, as the vendor documents it:
+//!
+//! 1. frames for the gateway's own addresses are punted (the exception path);
+//! 2. **threat exclusions** win over indicators: an excluded match is noted and
+//!    skipped (the exclusion check is inside each indicator lookup);
+//! 3. **MDR threat indicators**: destination IP, source IP, then the
+//!    application hint (DNS query name, TLS SNI, HTTP host and path). A *log
+//!    only* hit is logged and evaluation goes on; a *log and drop* hit is
+//!    logged and stops evaluation with a drop;
+//! 4. **lateral movement protection**: when both ends are endpoints the
+//!    gateway knows and either is Red (or Yellow / Missing, if configured),
+//!    the frame is dropped;
+//! 5. **missing / no heartbeat, then firewall rules with heartbeat
+//!    conditions, then the default action** ([`CompiledPolicy::evaluate`]).
+//!
+//! Frames that are not IP (ARP not for the gateway, LLDP, ...) are bridged.
+//! Nothing here allocates, locks or logs: events go to a sink the caller
+//! provides (a bounded channel in the worker, a list in `hbgw explain`).
+//!
+//! [`CompiledPolicy::evaluate`]: hbgw_shared::policy::CompiledPolicy::evaluate
+
+use crate::events::{EventKind, InlineStr, ThreatModule, WorkerEvent};
+use crate::parse::dns::DnsName;
+use crate::parse::{AppHint, Network, ParsedFrame};
+use crate::verdict::{DropReason, Verdict};
+use hbgw_shared::endpoint::{EndpointHealth, EndpointSnapshot, MacAddr};
+use hbgw_shared::indicators::{FeedAction, IndicatorMatch};
+use hbgw_shared::policy::{DecisionReason, FlowKey, PolicyDecision, PortRole, RuleAction};
+use hbgw_shared::state::StateView;
+use std::net::IpAddr;
+
+/// What to do with frames whose headers do not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MalformedAction {
+    /// Drop and count them (the default: what cannot be parsed cannot be checked).
+    #[default]
+    Drop,
+    /// Bridge them unchecked (counted all the same).
+    Forward,
+}
+
+/// Lateral movement protection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateralMovement {
+    /// Whether traffic between two known endpoints is checked at all.
+    pub enabled: bool,
+    /// Also block when an end is Yellow.
+    pub include_yellow: bool,
+    /// Also block when an end is Missing.
+    pub include_missing: bool,
+}
+
+impl Default for LateralMovement {
+    fn default() -> Self {
+        Self { enabled: true, include_yellow: false, include_missing: false }
+    }
+}
+
+/// How the decide stage behaves.
+#[derive(Debug, Clone, Default)]
+pub struct EnforcementConfig {
+    /// Observe only: compute and log every verdict, drop nothing.
+    pub tap_mode: bool,
+    /// Frames that do not parse.
+    pub malformed: MalformedAction,
+    /// Lateral movement protection.
+    pub lateral: LateralMovement,
+    /// The gateway's own addresses: frames for them are punted.
+    pub gateway_ips: Vec<IpAddr>,
+}
+
+/// The role of a port and of the port its frames leave by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortContext {
+    /// The ingress port's role.
+    pub role: PortRole,
+    /// The egress (bridge peer) port's role.
+    pub peer_role: PortRole,
+}
+
+/// Which stage decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A frame for the gateway itself.
+    Punt,
+    /// Not IP: bridged unchecked.
+    NotIp,
+    /// A *log and drop* threat indicator.
+    Indicator(ThreatModule),
+    /// Lateral movement protection.
+    LateralMovement,
+    /// The policy (missing heartbeat, a rule, or the default action).
+    Policy(PolicyDecision),
+}
+
+/// The decision, with what an explanation needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do (before tap mode turns drops into forwards).
+    pub verdict: Verdict,
+    /// The stage that decided.
+    pub stage: Stage,
+    /// Source endpoint's health (by MAC, else by IP).
+    pub src_health: EndpointHealth,
+    /// Destination endpoint's health.
+    pub dst_health: EndpointHealth,
+    /// An indicator match that an exclusion overrode, if any.
+    pub excluded: Option<(ThreatModule, u32)>,
+}
+
+fn health(endpoints: &EndpointSnapshot, mac: [u8; 6], ip: Option<IpAddr>) -> EndpointHealth {
+    let by_mac = endpoints.health_by_mac(&MacAddr(mac));
+    if by_mac != EndpointHealth::Unknown {
+        return by_mac;
+    }
+    ip.map_or(EndpointHealth::Unknown, |ip| endpoints.health_by_ip(ip))
+}
+
+fn policy_reason(d: &PolicyDecision) -> DropReason {
+    match (d.reason, d.action) {
+        (DecisionReason::MissingHeartbeat, _) => DropReason::MissingHeartbeat,
+        (DecisionReason::SourceHeartbeat, _) => DropReason::SourceHeartbeat,
+        (DecisionReason::SourceWithoutHeartbeat, _) => DropReason::SourceWithoutHeartbeat,
+        (DecisionReason::DestinationHeartbeat, _) => DropReason::DestinationHeartbeat,
+        (DecisionReason::DestinationWithoutHeartbeat, _) => DropReason::DestinationWithoutHeartbeat,
+        (DecisionReason::Default, _) => DropReason::DefaultDrop,
+        (_, RuleAction::Reject) => DropReason::PolicyReject,
+        _ => DropReason::PolicyDrop,
+    }
+}
+
+/// The per-worker decide stage (owns its scratch buffers).
+#[derive(Debug)]
+pub struct Enforcer {
+    config: EnforcementConfig,
+    dns_name: DnsName,
+}
+
+/// The facts of one frame that every event repeats.
+struct Facts<'a> {
+    pf: &'a ParsedFrame<'a>,
+    ingress_slot: u16,
+    src_ip: Option<IpAddr>,
+    dst_ip: Option<IpAddr>,
+    src_health: EndpointHealth,
+    dst_health: EndpointHealth,
+}
+
+impl Enforcer {
+    /// A decide stage with `config`.
+    pub fn new(config: EnforcementConfig) -> Self {
+        Self { config, dns_name: DnsName::new() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EnforcementConfig {
+        &self.config
+    }
+
+    fn event(&self, f: &Facts<'_>, kind: EventKind, reason: &'static str, dropped: bool) -> WorkerEvent {
+        let (src_port, dst_port) = f.pf.ports().unwrap_or((0, 0));
+        WorkerEvent {
+            kind,
+            reason,
+            dropped: dropped && !self.config.tap_mode,
+            tap: self.config.tap_mode,
+            ingress_slot: f.ingress_slot,
+            src_mac: f.pf.src_mac,
+            dst_mac: f.pf.dst_mac,
+            src_ip: f.src_ip,
+            dst_ip: f.dst_ip,
+            protocol: f.pf.ip_protocol().unwrap_or(0),
+            src_port,
+            dst_port,
+            src_health: f.src_health,
+            dst_health: f.dst_health,
+            audit_id: InlineStr::default(),
+            feed: InlineStr::default(),
+            matched: InlineStr::default(),
+            rule: None,
+        }
+    }
+
+    /// Logs a hit; returns `Some(module)` when it stops evaluation (log and drop).
+    fn check(
+        &self,
+        facts: &Facts<'_>,
+        module: ThreatModule,
+        m: IndicatorMatch<'_>,
+        matched: &[u8],
+        decision: &mut Decision,
+        sink: &mut dyn FnMut(WorkerEvent),
+    ) -> Option<ThreatModule> {
+        match m {
+            IndicatorMatch::NoMatch => None,
+            IndicatorMatch::Excluded(hit) => {
+                decision.excluded.get_or_insert((module, hit.index));
+                None
+            }
+            IndicatorMatch::Hit(hit) => {
+                let drops = hit.action == FeedAction::LogAndDrop;
+                let reason = if drops { DropReason::ThreatIndicator.as_str() } else { "forwarded" };
+                let kind = EventKind::ThreatIndicator { module, indicator: hit.index, action: hit.action };
+                let mut ev = self.event(facts, kind, reason, drops);
+                ev.audit_id = InlineStr::new(hit.audit_id.as_bytes());
+                ev.feed = InlineStr::new(hit.feed.as_bytes());
+                ev.matched = InlineStr::new(matched);
+                sink(ev);
+                drops.then_some(module)
+            }
+        }
+    }
+
+    /// Decides `pf`, which arrived on port slot `ingress_slot` with role
+    /// `port`, against `state`; events go to `sink`.
+    pub fn decide(
+        &mut self,
+        pf: &ParsedFrame<'_>,
+        ingress_slot: u16,
+        port: PortContext,
+        state: &StateView<'_>,
+        sink: &mut dyn FnMut(WorkerEvent),
+    ) -> Decision {
+        let mut decision = Decision {
+            verdict: Verdict::Forward,
+            stage: Stage::NotIp,
+            src_health: EndpointHealth::Unknown,
+            dst_health: EndpointHealth::Unknown,
+            excluded: None,
+        };
+
+        // 1. The exception path: ARP for, and IP to, the gateway's addresses.
+        let ours = |ip: IpAddr| self.config.gateway_ips.contains(&ip);
+        let for_gateway = match pf.network {
+            Network::Arp(arp) => ours(IpAddr::from(arp.target_ip)),
+            _ => pf.dst_ip().is_some_and(ours),
+        };
+        if for_gateway {
+            decision.verdict = Verdict::Punt;
+            decision.stage = Stage::Punt;
+            return decision;
+        }
+        let (Some(src_ip), Some(dst_ip)) = (pf.src_ip(), pf.dst_ip()) else {
+            return decision;
+        };
+        let facts = Facts {
+            pf,
+            ingress_slot,
+            src_ip: Some(src_ip),
+            dst_ip: Some(dst_ip),
+            src_health: health(state.endpoints, pf.src_mac, Some(src_ip)),
+            dst_health: health(state.endpoints, pf.dst_mac, Some(dst_ip)),
+        };
+        decision.src_health = facts.src_health;
+        decision.dst_health = facts.dst_health;
+
+        // 2 + 3. Indicators (exclusions are checked inside each lookup).
+        let indicators = state.indicators;
+        let mut hit = self.check(&facts, ThreatModule::Firewall, indicators.match_ip(dst_ip), &[], &mut decision, sink)
+            .or_else(|| self.check(&facts, ThreatModule::Firewall, indicators.match_ip(src_ip), &[], &mut decision, sink));
+        if hit.is_none() {
+            match pf.app {
+                Some(AppHint::DnsQuery(q)) => {
+                    let mut name = std::mem::take(&mut self.dns_name);
+                    let text = q.write_name(&mut name).as_bytes();
+                    hit = self.check(&facts, ThreatModule::Dns, indicators.match_domain(text), text, &mut decision, sink);
+                    self.dns_name = name;
+                }
+                Some(AppHint::TlsSni(sni)) => {
+                    hit = self.check(&facts, ThreatModule::TlsSni, indicators.match_domain(sni), sni, &mut decision, sink);
+                }
+                Some(AppHint::HttpRequest(req)) => {
+                    if let Some(host) = req.host() {
+                        // Logged as host + path, as a URL reads.
+                        let mut url = [0u8; 192];
+                        let n = host.len().min(url.len());
+                        url[..n].copy_from_slice(&host[..n]);
+                        let p = req.path.len().min(url.len() - n);
+                        url[n..n + p].copy_from_slice(&req.path[..p]);
+                        hit = self
+                            .check(&facts, ThreatModule::Http, indicators.match_url(host, req.path), &url[..n + p], &mut decision, sink)
+                            .or_else(|| {
+                                self.check(&facts, ThreatModule::Http, indicators.match_domain(host), host, &mut decision, sink)
+                            });
+                    }
+                }
+                None => {}
+            }
+        }
+        if let Some(module) = hit {
+            decision.verdict = Verdict::Drop(DropReason::ThreatIndicator);
+            decision.stage = Stage::Indicator(module);
+            return decision;
+        }
+
+        // 4. Lateral movement between endpoints the gateway knows.
+        let lm = self.config.lateral;
+        let bad = |h: EndpointHealth| {
+            h == EndpointHealth::Red
+                || (lm.include_yellow && h == EndpointHealth::Yellow)
+                || (lm.include_missing && h == EndpointHealth::Missing)
+        };
+        if lm.enabled
+            && facts.src_health != EndpointHealth::Unknown
+            && facts.dst_health != EndpointHealth::Unknown
+            && (bad(facts.src_health) || bad(facts.dst_health))
+        {
+            let reason = DropReason::LateralMovement;
+            sink(self.event(&facts, EventKind::HeartbeatDrop, reason.as_str(), true));
+            decision.verdict = Verdict::Drop(reason);
+            decision.stage = Stage::LateralMovement;
+            return decision;
+        }
+
+        // 5. Missing heartbeat, rules with heartbeat conditions, default.
+        let (src_port, dst_port) = pf.ports().unwrap_or((0, 0));
+        let flow = FlowKey {
+            ingress: port.role,
+            egress: port.peer_role,
+            vlan: pf.vlans.outer(),
+            src: src_ip,
+            dst: dst_ip,
+            protocol: pf.ip_protocol().unwrap_or(0),
+            src_port,
+            dst_port,
+        };
+        let d = state.policy.evaluate(&flow, facts.src_health, facts.dst_health);
+        decision.stage = Stage::Policy(d);
+        if d.action != RuleAction::Accept {
+            let reason = policy_reason(&d);
+            if reason.is_heartbeat() {
+                let mut ev = self.event(&facts, EventKind::HeartbeatDrop, reason.as_str(), true);
+                ev.rule = d.rule;
+                sink(ev);
+            }
+            decision.verdict = Verdict::Drop(reason);
+        }
+        decision
+    }
+}
