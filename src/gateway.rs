@@ -22,7 +22,18 @@ use hbgw_dataplane::counters::WorkerCounters;
 use hbgw_dataplane::latency;
 use hbgw_dataplane::pipeline::Pipeline;
 use hbgw_dataplane::worker::{RxAssignment, Worker, WorkerPlan};
-use hbgw_shared::config::{BridgeConfig, Config};
+use hbgw_controlplane::event_log::{EventLog, EventLogConfig};
+use hbgw_controlplane::threat_log::{NoUsers, ThreatLog};
+use hbgw_controlplane::EnforcementPlane;
+use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer, LateralMovement, MalformedAction, PortContext};
+use hbgw_dataplane::events;
+use hbgw_dataplane::pipeline::Enforcing;
+use hbgw_dataplane::seen_macs::{self, SeenMacs};
+use hbgw_shared::config::{BridgeConfig, Config, EnforcementSection, MalformedPolicy};
+use hbgw_shared::endpoint::EndpointTableWriter;
+use hbgw_shared::indicators::IndicatorSet;
+use hbgw_shared::policy::{CompiledPolicy, Policy, PortRole};
+use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::DeviceCounts;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +43,50 @@ use std::time::{Duration, Instant};
 const LATENCY_FLUSH: Duration = Duration::from_millis(100);
 /// How often the main lcore checks for a stop condition.
 const MAIN_POLL: Duration = Duration::from_millis(20);
+/// Distinct (source MAC, port) pairs a worker records per flush period.
+const SEEN_MACS_PER_FLUSH: usize = 65_536;
+
+/// The enforcement state loaded from files, before any worker starts.
+pub struct LoadedState {
+    /// What the workers read.
+    pub state: Arc<GatewayState>,
+    /// The endpoint table's writer (goes to the control plane).
+    pub writer: EndpointTableWriter,
+    /// The decide stage's settings.
+    pub config: EnforcementConfig,
+}
+
+/// Loads `[enforcement]`: policy, threat feed and static endpoints. Any error
+/// refuses the whole start: no half-applied policy.
+pub fn load_enforcement(section: &EnforcementSection) -> Result<LoadedState> {
+    let policy = match &section.policy {
+        Some(path) => Policy::load(path)?.compile()?,
+        None => CompiledPolicy::default(),
+    };
+    let indicators = match &section.threat_feed {
+        Some(path) => hbgw_shared::feed_file::load_threat_feed(path)?,
+        None => IndicatorSet::empty(),
+    };
+    let (state, mut writer) = GatewayState::new(policy, indicators);
+    if let Some(path) = &section.endpoints {
+        writer.upsert_many(hbgw_shared::feed_file::load_endpoints(path)?);
+    }
+    let lm = section.lateral_movement;
+    let config = EnforcementConfig {
+        tap_mode: section.tap_mode,
+        malformed: match section.malformed {
+            MalformedPolicy::Drop => MalformedAction::Drop,
+            MalformedPolicy::Forward => MalformedAction::Forward,
+        },
+        lateral: LateralMovement {
+            enabled: lm.enabled,
+            include_yellow: lm.include_yellow,
+            include_missing: lm.include_missing,
+        },
+        gateway_ips: section.gateway_addresses.clone(),
+    };
+    Ok(LoadedState { state, writer, config })
+}
 
 /// The configuration after the file and the command-line overrides.
 pub fn effective_config(app: &AppArgs) -> Result<Config> {
@@ -161,15 +216,19 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
         cfg.validate()?;
     }
 
+    // Policy, feed and endpoints are loaded before EAL starts: a bad file
+    // stops the gateway before it touches a port.
+    let loaded = cfg.enforcement.as_ref().map(load_enforcement).transpose()?;
+
     tracing::info!("EAL arguments: {}", args[1..].join(" "));
     let eal = Eal::init(&args)?;
-    let result = run_with_eal(&mut cfg, &app);
+    let result = run_with_eal(&mut cfg, &app, loaded);
     drop(demo);
     eal.cleanup();
     result
 }
 
-fn run_with_eal(cfg: &mut Config, app: &AppArgs) -> Result<()> {
+fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) -> Result<()> {
     if cfg.bridges.is_empty() {
         let ports = crate::dpdk::port::available();
         if ports.is_empty() || ports.len() % 2 != 0 {
@@ -274,6 +333,69 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs) -> Result<()> {
         Box::new(DpdkDeviceStats),
         exchange,
     );
+    let mut aggregator = aggregator;
+    aggregator.mode = (loaded.is_some(), loaded.as_ref().is_some_and(|l| l.config.tap_mode));
+
+    // Enforcement: one pipeline per worker over the shared state, and the
+    // control plane's end of the events and seen-MAC channels.
+    let port_contexts: Vec<PortContext> = (0..ports.len())
+        .map(|slot| {
+            let (role, peer_role) = if slot % 2 == 0 { (PortRole::Lan, PortRole::Wan) } else { (PortRole::Wan, PortRole::Lan) };
+            PortContext { role, peer_role }
+        })
+        .collect();
+    let (mut pipelines, plane): (Vec<Option<Enforcing>>, Option<EnforcementPlane>) = match loaded {
+        None => ((0..nworkers).map(|_| None).collect(), None),
+        Some(l) => {
+            let (senders, event_rx) = events::channel(nworkers, cfg.events.channel_capacity);
+            let (flushers, seen_exchange) = seen_macs::exchange(nworkers, SEEN_MACS_PER_FLUSH);
+            let pipelines = senders
+                .into_iter()
+                .zip(flushers)
+                .zip(&counters)
+                .map(|((events, seen_flusher), counters)| {
+                    Some(Enforcing {
+                        enforcer: Enforcer::new(l.config.clone()),
+                        view: l.state.worker_view(),
+                        ports: port_contexts.clone().into_boxed_slice(),
+                        events,
+                        seen: SeenMacs::new(SEEN_MACS_PER_FLUSH),
+                        seen_flusher,
+                        counters: counters.clone(),
+                    })
+                })
+                .collect();
+            let log = match &cfg.events.log {
+                Some(path) => Some(
+                    EventLog::open(EventLogConfig {
+                        path: path.clone(),
+                        max_bytes: cfg.events.max_bytes,
+                        keep: cfg.events.keep,
+                        window: Duration::from_millis(cfg.events.rate_limit_ms),
+                    })
+                    .map_err(|e| anyhow!("cannot open event log {}: {e}: check [events] log", path.display()))?,
+                ),
+                None => None,
+            };
+            let roles = (0..ports.len()).map(|slot| format!("{}{}", if slot % 2 == 0 { "lan" } else { "wan" }, slot / 2)).collect();
+            let threat_log = ThreatLog::new(log, Some(l.state.clone()), roles, Box::new(NoUsers));
+            let plane = EnforcementPlane {
+                state: l.state,
+                endpoints: l.writer,
+                events: event_rx,
+                seen_macs: seen_exchange,
+                threat_log,
+            };
+            (pipelines, Some(plane))
+        }
+    };
+    if plane.is_some() {
+        tracing::info!(
+            "enforcing{}: policy, threat feed and endpoints loaded",
+            if aggregator.mode.1 { " in tap mode (observing only)" } else { "" }
+        );
+    }
+
     for p in &ports {
         p.start().map_err(|e| anyhow!(e))?;
     }
@@ -292,6 +414,7 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs) -> Result<()> {
             prometheus: cfg.stats.prometheus,
         },
         aggregator,
+        plane,
     );
     let control = match control {
         Ok(c) => c,
@@ -317,9 +440,14 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs) -> Result<()> {
     for ((plan, counters), recorder) in plans.iter().cloned().zip(counters.iter().cloned()).zip(recorders) {
         let stop = stop.clone();
         let lcore_id = plan.lcore;
+        let enforcing = pipelines[plan.id].take();
         tracing::info!("worker {} on lcore {}: {} rx queue(s)", plan.id, lcore_id, plan.rx.len());
         let launched = lcore::launch(lcore_id, move || {
-            let mut worker = Worker::new(plan, DpdkIo::new(), Pipeline::bridge(), counters, recorder);
+            let pipeline = match enforcing {
+                Some(parts) => Pipeline::enforcing(parts),
+                None => Pipeline::bridge(),
+            };
+            let mut worker = Worker::new(plan, DpdkIo::new(), pipeline, counters, recorder);
             worker.run(&stop);
             0
         });

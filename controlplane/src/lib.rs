@@ -25,7 +25,13 @@ pub mod metrics;
 pub mod stats;
 pub mod threat_log;
 
+use hbgw_dataplane::events::WorkerEvent;
+use hbgw_dataplane::seen_macs::SeenMacsExchange;
+use hbgw_shared::endpoint::{EndpointTableWriter, MacAddr};
+use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::StatsReport;
+use std::collections::HashMap;
+use threat_log::ThreatLog;
 use stats::StatsAggregator;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -44,6 +50,60 @@ pub struct ControlPlaneConfig {
     pub live: LiveOutput,
     /// Serve Prometheus metrics on this local address.
     pub prometheus: Option<std::net::SocketAddr>,
+}
+
+/// The control plane's share of enforcement: the state it writes and the
+/// workers' reports it consumes.
+pub struct EnforcementPlane {
+    /// The published state (policy, indicators, endpoint table).
+    pub state: Arc<GatewayState>,
+    /// The endpoint table's only writer.
+    pub endpoints: EndpointTableWriter,
+    /// Events from the workers.
+    pub events: crossbeam_channel::Receiver<WorkerEvent>,
+    /// Source MACs the workers saw.
+    pub seen_macs: SeenMacsExchange,
+    /// Where events are written.
+    pub threat_log: ThreatLog,
+}
+
+/// Where and when each source MAC was last seen sending traffic (the
+/// evidence the missing-heartbeat timers need).
+#[derive(Debug, Default)]
+pub struct SeenMacLedger {
+    last_seen: HashMap<MacAddr, (std::time::Instant, usize)>,
+}
+
+impl SeenMacLedger {
+    /// Takes every pending report and returns the buffers to their workers.
+    pub fn drain(&mut self, exchange: &SeenMacsExchange, now: std::time::Instant) -> usize {
+        let mut n = 0;
+        while let Ok(report) = exchange.reports.try_recv() {
+            for key in &report.macs {
+                self.last_seen.insert(MacAddr(key.mac()), (now, key.slot()));
+            }
+            n += report.macs.len();
+            if let Some(spare) = exchange.spares.get(report.worker) {
+                let _ = spare.try_send(report.macs);
+            }
+        }
+        n
+    }
+
+    /// When and on which port slot `mac` was last seen.
+    pub fn last_seen(&self, mac: &MacAddr) -> Option<(std::time::Instant, usize)> {
+        self.last_seen.get(mac).copied()
+    }
+
+    /// MACs seen so far.
+    pub fn len(&self) -> usize {
+        self.last_seen.len()
+    }
+
+    /// Whether no MAC was seen.
+    pub fn is_empty(&self) -> bool {
+        self.last_seen.is_empty()
+    }
 }
 
 /// Live output on stdout.
@@ -89,7 +149,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts the control-plane thread. The socket and log file are opened
     /// before this returns, so their errors are reported here.
-    pub fn start(config: ControlPlaneConfig, aggregator: StatsAggregator) -> Result<Self, ControlPlaneError> {
+    pub fn start(
+        config: ControlPlaneConfig,
+        aggregator: StatsAggregator,
+        enforcement: Option<EnforcementPlane>,
+    ) -> Result<Self, ControlPlaneError> {
         let listener = admin::bind(&config.stats_socket)?;
         let metrics_listener = config.prometheus.map(metrics::bind).transpose()?;
         let hlog = match &config.hlog {
@@ -109,7 +173,7 @@ impl ControlPlane {
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime builds");
-                runtime.block_on(run(config, agg, listener, metrics_listener, hlog, shutdown_rx));
+                runtime.block_on(run(config, agg, listener, metrics_listener, hlog, enforcement, shutdown_rx));
             })
             .map_err(ControlPlaneError::Thread)?;
         Ok(Self { thread, shutdown, aggregator })
@@ -139,8 +203,13 @@ async fn run(
     listener: std::os::unix::net::UnixListener,
     metrics_listener: Option<std::net::TcpListener>,
     mut hlog: Option<hlog::HlogFile>,
+    mut enforcement: Option<EnforcementPlane>,
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let mut ledger = SeenMacLedger::default();
+    // Events are drained often so that the workers' bounded channel rarely fills.
+    let mut drain = tokio::time::interval(std::time::Duration::from_millis(20));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let server = tokio::spawn(admin::serve(listener, config.stats_socket.clone(), aggregator.clone()));
     let metrics_server = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, aggregator.clone())));
     let mut ticker = tokio::time::interval(config.interval);
@@ -161,7 +230,19 @@ async fn run(
                 }
                 print_live(config.live, &report);
             }
+            _ = drain.tick(), if enforcement.is_some() => {
+                if let Some(e) = enforcement.as_mut() {
+                    drain_enforcement(e, &mut ledger);
+                }
+            }
             _ = &mut shutdown => break,
+        }
+    }
+    // The workers have stopped: take their last events and close the log.
+    if let Some(mut e) = enforcement.take() {
+        drain_enforcement(&mut e, &mut ledger);
+        if let Err(err) = e.threat_log.close() {
+            tracing::warn!("event log: {err}");
         }
     }
     server.abort();
@@ -175,6 +256,19 @@ async fn run(
         let _ = h.write_interval(&interval);
         let _ = h.flush();
     }
+}
+
+fn drain_enforcement(e: &mut EnforcementPlane, ledger: &mut SeenMacLedger) {
+    let now = std::time::Instant::now();
+    for ev in e.events.try_iter() {
+        if let Err(err) = e.threat_log.handle(&ev, now) {
+            tracing::warn!("event log write failed: {err}: events are counted but not written");
+        }
+    }
+    if let Err(err) = e.threat_log.tick(now) {
+        tracing::warn!("event log flush failed: {err}");
+    }
+    ledger.drain(&e.seen_macs, now);
 }
 
 fn print_live(live: LiveOutput, report: &StatsReport) {

@@ -10,9 +10,11 @@
 use crate::hlog::IntervalHistogram;
 use hbgw_dataplane::counters::{PortCountersSnapshot, WorkerCounters};
 use hbgw_dataplane::latency::LatencyExchange;
+use hbgw_dataplane::parse::Malformed;
 use hbgw_dataplane::verdict::DropReason;
 use hbgw_shared::stats::{Counts, DeviceCounts, Percentiles, PortReport, StatsReport, WorkerReport};
 use hdrhistogram::Histogram;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +80,8 @@ pub struct StatsAggregator {
     start: Instant,
     interval_start: Instant,
     last_report: StatsReport,
+    /// Shown in reports: whether workers enforce, and in tap mode.
+    pub mode: (bool, bool),
 }
 
 fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -107,6 +111,16 @@ fn counts(s: &PortCountersSnapshot, rx_side: bool, tx_side: bool) -> Counts {
             let n = s.drops[r.index()];
             if n > 0 {
                 c.drops.insert(r.as_str().to_owned(), n);
+            }
+            let t = s.tap_would_drop[r.index()];
+            if t > 0 {
+                c.tap_would_drop.insert(r.as_str().to_owned(), t);
+            }
+        }
+        for m in Malformed::ALL {
+            let n = s.malformed[m.index()];
+            if n > 0 {
+                c.malformed.insert(m.as_str().to_owned(), n);
             }
         }
     }
@@ -143,6 +157,7 @@ impl StatsAggregator {
             start: now,
             interval_start: now,
             last_report: StatsReport::default(),
+            mode: (false, false),
         }
     }
 
@@ -205,6 +220,10 @@ impl StatsAggregator {
             stopped: false,
             latency_interval: percentiles(&self.all_interval),
             latency_total: percentiles(&self.all_total),
+            channel_overflows: self.workers.iter().map(|w| w.counters.misc.events_lost.load(Relaxed)).sum(),
+            seen_macs_overflow: self.workers.iter().map(|w| w.counters.misc.seen_macs_overflow.load(Relaxed)).sum(),
+            enforcing: self.mode.0,
+            tap_mode: self.mode.1,
             ..Default::default()
         };
         for (i, w) in self.workers.iter().enumerate() {

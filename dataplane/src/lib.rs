@@ -15,6 +15,7 @@
 //!   frames freed and counted;
 //! * [`seen_macs`] — which source MACs sent traffic on which port, flushed
 //!   to the control plane for its missing-heartbeat timers;
+//! * [`synth`] — frame builders for tests, the traffic source and `explain`;
 //! * [`counters`] and [`latency`] — what a worker publishes for the control
 //!   plane: single-writer counters and an HDR histogram of processing latency.
 //!
@@ -32,5 +33,6 @@ pub mod latency;
 pub mod parse;
 pub mod pipeline;
 pub mod seen_macs;
+pub mod synth;
 pub mod verdict;
 pub mod worker;

@@ -45,24 +45,43 @@ pub struct Counts {
     pub punted: u64,
     /// Drops by reason (reason name -> count); only reasons seen.
     pub drops: BTreeMap<String, u64>,
+    /// Frames whose headers did not parse, by reason (dropped or forwarded
+    /// by the malformed-frame policy); only reasons seen.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub malformed: BTreeMap<String, u64>,
+    /// Tap mode: frames that would have been dropped, by reason (forwarded).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tap_would_drop: BTreeMap<String, u64>,
+}
+
+fn map_since(now: &BTreeMap<String, u64>, earlier: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (k, v) in now {
+        let d = v.saturating_sub(earlier.get(k).copied().unwrap_or(0));
+        if d > 0 {
+            out.insert(k.clone(), d);
+        }
+    }
+    out
+}
+
+fn map_add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
 }
 
 impl Counts {
     /// `self - earlier`, counter by counter (counters only grow).
     pub fn since(&self, earlier: &Counts) -> Counts {
-        let mut drops = BTreeMap::new();
-        for (k, v) in &self.drops {
-            let d = v.saturating_sub(earlier.drops.get(k).copied().unwrap_or(0));
-            if d > 0 {
-                drops.insert(k.clone(), d);
-            }
-        }
         Counts {
             rx: self.rx.saturating_sub(earlier.rx),
             tx: self.tx.saturating_sub(earlier.tx),
             dropped: self.dropped.saturating_sub(earlier.dropped),
             punted: self.punted.saturating_sub(earlier.punted),
-            drops,
+            drops: map_since(&self.drops, &earlier.drops),
+            malformed: map_since(&self.malformed, &earlier.malformed),
+            tap_would_drop: map_since(&self.tap_would_drop, &earlier.tap_would_drop),
         }
     }
 
@@ -72,9 +91,9 @@ impl Counts {
         self.tx += other.tx;
         self.dropped += other.dropped;
         self.punted += other.punted;
-        for (k, v) in &other.drops {
-            *self.drops.entry(k.clone()).or_default() += v;
-        }
+        map_add(&mut self.drops, &other.drops);
+        map_add(&mut self.malformed, &other.malformed);
+        map_add(&mut self.tap_would_drop, &other.tap_would_drop);
     }
 }
 
@@ -149,6 +168,15 @@ pub struct StatsReport {
     pub latency_total: Percentiles,
     /// Events the workers could not hand to the control plane (a full channel).
     pub channel_overflows: u64,
+    /// Source MACs the workers could not record (their seen-MAC set was full).
+    #[serde(default)]
+    pub seen_macs_overflow: u64,
+    /// Whether the workers enforce policy (false: plain bridge).
+    #[serde(default)]
+    pub enforcing: bool,
+    /// Whether the gateway only observes (tap mode).
+    #[serde(default)]
+    pub tap_mode: bool,
 }
 
 fn rate(n: u64, secs: f64) -> String {
@@ -211,10 +239,15 @@ impl StatsReport {
         let iv = self.interval_s;
         let _ = writeln!(
             out,
-            "hbgw {} — uptime {:.1}s, interval {:.1}s",
+            "hbgw {} — uptime {:.1}s, interval {:.1}s, {}",
             if self.stopped { "final stats" } else { "stats" },
             self.uptime_s,
-            iv
+            iv,
+            match (self.enforcing, self.tap_mode) {
+                (false, _) => "bridge (no policy)",
+                (true, false) => "enforcing",
+                (true, true) => "tap mode (observing, nothing dropped)",
+            }
         );
         let _ = writeln!(out, "\nPorts (hbgw's counters; device counters in brackets)");
         let _ = writeln!(
@@ -248,7 +281,9 @@ impl StatsReport {
             "id", "lcore", "rx", "tx", "dropped", "rx/s"
         );
         for w in &self.workers {
-            let reasons: Vec<String> = w.total.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut reasons: Vec<String> = w.total.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            reasons.extend(w.total.tap_would_drop.iter().map(|(k, v)| format!("would_drop.{k}={v}")));
+            reasons.extend(w.total.malformed.iter().map(|(k, v)| format!("malformed.{k}={v}")));
             let _ = writeln!(
                 out,
                 "  {:<4} {:<6} {:>14} {:>14} {:>12} {:>9}  {}",
@@ -273,8 +308,12 @@ impl StatsReport {
             latency_row(&mut out, &format!("worker {} int.", w.id), &w.latency_interval);
             latency_row(&mut out, &format!("worker {} total", w.id), &w.latency_total);
         }
-        if self.channel_overflows > 0 {
-            let _ = writeln!(out, "\nchannel overflows: {}", self.channel_overflows);
+        if self.channel_overflows > 0 || self.seen_macs_overflow > 0 {
+            let _ = writeln!(
+                out,
+                "\nlost to full channels: {} events, {} seen-MAC records",
+                self.channel_overflows, self.seen_macs_overflow
+            );
         }
         out
     }
@@ -286,7 +325,7 @@ mod tests {
 
     #[test]
     fn counts_since_and_add() {
-        let mut a = Counts { rx: 10, tx: 8, dropped: 2, punted: 0, drops: BTreeMap::new() };
+        let mut a = Counts { rx: 10, tx: 8, dropped: 2, ..Default::default() };
         a.drops.insert("runt".into(), 2);
         let b = Counts { rx: 4, tx: 4, ..Default::default() };
         let d = a.since(&b);
