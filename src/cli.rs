@@ -85,6 +85,60 @@ pub struct StatsArgs {
     pub clear: bool,
 }
 
+/// `hbgw explain` arguments: the flow to explain.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hbgw explain", disable_version_flag = true)]
+pub struct ExplainArgs {
+    /// Ask the running gateway on this stats socket (live endpoint health).
+    #[arg(long, value_name = "PATH", default_value = hbgw_shared::config::DEFAULT_STATS_SOCKET, conflicts_with = "config")]
+    pub socket: PathBuf,
+    /// Answer from this configuration's files instead (no running gateway).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The port the flow comes in on: lan0, wan0, ...
+    #[arg(long, default_value = "lan0")]
+    pub ingress: String,
+    /// Source MAC.
+    #[arg(long)]
+    pub src_mac: String,
+    /// Destination MAC.
+    #[arg(long, default_value = "02:00:00:00:00:fe")]
+    pub dst_mac: String,
+    /// Source IP.
+    #[arg(long)]
+    pub src_ip: std::net::IpAddr,
+    /// Destination IP.
+    #[arg(long)]
+    pub dst_ip: std::net::IpAddr,
+    /// tcp or udp.
+    #[arg(long = "proto", default_value = "tcp")]
+    pub protocol: String,
+    /// Source port.
+    #[arg(long = "sport", default_value_t = 40000)]
+    pub src_port: u16,
+    /// Destination port.
+    #[arg(long = "dport", default_value_t = 443)]
+    pub dst_port: u16,
+    /// 802.1Q VLAN id.
+    #[arg(long)]
+    pub vlan: Option<u16>,
+    /// The DNS name the flow queries.
+    #[arg(long)]
+    pub dns: Option<String>,
+    /// The TLS server name (SNI) the flow sends.
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// The HTTP host the flow requests.
+    #[arg(long)]
+    pub http_host: Option<String>,
+    /// The HTTP path the flow requests.
+    #[arg(long)]
+    pub http_path: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
@@ -97,6 +151,8 @@ pub enum Command {
     },
     /// Read a running gateway's stats.
     Stats(StatsArgs),
+    /// Explain what decides a flow.
+    Explain(ExplainArgs),
     /// Print help (the text) and exit 0.
     Help(String),
 }
@@ -122,13 +178,14 @@ pub fn help() -> String {
     use clap::CommandFactory;
     format!(
         "hbgw — a userspace fast-path gateway enforcing Synchronized Security\n\n\
-         Usage:\n  hbgw [EAL args] -- [app args]   run the gateway\n  hbgw stats [--json] [--watch [SECS]] [--socket PATH]\n\n\
+         Usage:\n  hbgw [EAL args] -- [app args]   run the gateway\n  hbgw stats [--json] [--watch [SECS]] [--socket PATH]\n  hbgw explain --src-mac MAC --src-ip IP --dst-ip IP [--proto tcp|udp] [--dport N] [--sni NAME] ...\n\n\
          EAL args are DPDK's (-l 0,1 --vdev ... -a PCI ...; see `dpdk-testpmd --help`).\n\
          hbgw adds --no-pci unless you name devices with -a, and a unique --file-prefix unless you give one.\n\
          With no port named at all (no --vdev, -a, --config or --port-pair) it runs its built-in\n\
-         default: two net_pcap ports fed by a built-in traffic source.\n\n{}\n{}",
+         default: two net_pcap ports fed by a built-in traffic source.\n\n{}\n{}\n{}",
         AppArgs::command().render_help(),
-        StatsArgs::command().render_help()
+        StatsArgs::command().render_help(),
+        ExplainArgs::command().render_help()
     )
 }
 
@@ -136,6 +193,11 @@ pub fn help() -> String {
 pub fn parse(argv: Vec<String>) -> Result<Command, String> {
     let program = argv.first().cloned().unwrap_or_else(|| "hbgw".into());
     let rest = &argv[argv.len().min(1)..];
+    if rest.first().map(String::as_str) == Some("explain") {
+        let args = ExplainArgs::try_parse_from(std::iter::once("hbgw explain".to_owned()).chain(rest[1..].iter().cloned()))
+            .map_err(clap_error)?;
+        return Ok(Command::Explain(args));
+    }
     if rest.first().map(String::as_str) == Some("stats") {
         let stats = StatsArgs::try_parse_from(std::iter::once("hbgw stats".to_owned()).chain(rest[1..].iter().cloned()))
             .map_err(|e| clap_error(e))?;

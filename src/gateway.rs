@@ -24,6 +24,7 @@ use hbgw_dataplane::pipeline::Pipeline;
 use hbgw_dataplane::worker::{RxAssignment, Worker, WorkerPlan};
 use hbgw_controlplane::event_log::{EventLog, EventLogConfig};
 use hbgw_controlplane::threat_log::{NoUsers, ThreatLog};
+use hbgw_controlplane::explain::Explainer;
 use hbgw_controlplane::EnforcementPlane;
 use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer, LateralMovement, MalformedAction, PortContext};
 use hbgw_dataplane::events;
@@ -54,6 +55,20 @@ pub struct LoadedState {
     pub writer: EndpointTableWriter,
     /// The decide stage's settings.
     pub config: EnforcementConfig,
+}
+
+/// Port slot 2k is bridge k's LAN side, 2k+1 its WAN side.
+pub fn port_context(slot: usize) -> PortContext {
+    if slot % 2 == 0 {
+        PortContext { role: PortRole::Lan, peer_role: PortRole::Wan }
+    } else {
+        PortContext { role: PortRole::Wan, peer_role: PortRole::Lan }
+    }
+}
+
+/// The role name of a port slot in stats and logs: `lan0`, `wan0`, `lan1`, ...
+pub fn port_role_name(slot: usize) -> String {
+    format!("{}{}", if slot % 2 == 0 { "lan" } else { "wan" }, slot / 2)
 }
 
 /// Loads `[enforcement]`: policy, threat feed and static endpoints. Any error
@@ -252,10 +267,10 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) ->
     // Ports, in bridge order: slot 2k is bridge k's LAN, 2k+1 its WAN.
     let mut ports = Vec::new();
     let mut infos = Vec::new();
-    for (k, b) in cfg.bridges.iter().enumerate() {
-        for (side, name) in [("lan", &b.lan), ("wan", &b.wan)] {
+    for b in &cfg.bridges {
+        for name in [&b.lan, &b.wan] {
             let port = Port::find(name).map_err(|e| anyhow!(e))?;
-            infos.push(PortInfo { slot: ports.len(), port_id: port.id, name: port.name.clone(), role: format!("{side}{k}") });
+            infos.push(PortInfo { slot: ports.len(), port_id: port.id, name: port.name.clone(), role: port_role_name(ports.len()) });
             ports.push(port);
         }
     }
@@ -338,12 +353,7 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) ->
 
     // Enforcement: one pipeline per worker over the shared state, and the
     // control plane's end of the events and seen-MAC channels.
-    let port_contexts: Vec<PortContext> = (0..ports.len())
-        .map(|slot| {
-            let (role, peer_role) = if slot % 2 == 0 { (PortRole::Lan, PortRole::Wan) } else { (PortRole::Wan, PortRole::Lan) };
-            PortContext { role, peer_role }
-        })
-        .collect();
+    let port_contexts: Vec<PortContext> = (0..ports.len()).map(port_context).collect();
     let (mut pipelines, plane): (Vec<Option<Enforcing>>, Option<EnforcementPlane>) = match loaded {
         None => ((0..nworkers).map(|_| None).collect(), None),
         Some(l) => {
@@ -377,9 +387,15 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) ->
                 ),
                 None => None,
             };
-            let roles = (0..ports.len()).map(|slot| format!("{}{}", if slot % 2 == 0 { "lan" } else { "wan" }, slot / 2)).collect();
+            let roles: Vec<String> = (0..ports.len()).map(port_role_name).collect();
+            let explainer = Arc::new(Explainer::new(
+                l.state.clone(),
+                l.config.clone(),
+                roles.iter().cloned().zip(port_contexts.iter().copied()).collect(),
+            ));
             let threat_log = ThreatLog::new(log, Some(l.state.clone()), roles, Box::new(NoUsers));
             let plane = EnforcementPlane {
+                explainer,
                 state: l.state,
                 endpoints: l.writer,
                 events: event_rx,

@@ -3,6 +3,7 @@
 use hbgw::cli::{self, Command};
 use std::process::ExitCode;
 
+mod explain_cmd;
 mod stats_cmd;
 
 fn main() -> ExitCode {
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Stats(args) => stats_cmd::run(&args),
+        Command::Explain(args) => explain_cmd::run(&args),
         Command::Gateway { eal, app } => hbgw::gateway::run(eal, app),
     };
     match result {

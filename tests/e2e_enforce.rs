@@ -282,3 +282,73 @@ fn a_bad_policy_refuses_to_start() {
     assert!(line.contains("nowhere"), "{line}");
     assert!(!stderr.contains("EAL:"), "refused before EAL started: {stderr}");
 }
+
+fn explain(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(HBGW).arg("explain").args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn explain_names_the_rule_indicator_exclusion_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_state(dir.path(), false);
+    let c = cfg.to_str().unwrap();
+    let red = explain(&["--config", c, "--src-mac", "02:00:00:00:00:03", "--src-ip", "10.0.0.3", "--dst-ip", "203.0.113.80"]);
+    assert_eq!((red["verdict"].as_str(), red["reason"].as_str()), (Some("drop"), Some("source_heartbeat")), "{red}");
+    assert_eq!(red["rule"][1], "internet for green clients");
+    assert_eq!(red["src_health"], "red");
+
+    let sni = explain(&["--config", c, "--src-mac", "02:00:00:00:00:01", "--src-ip", "10.0.0.1", "--dst-ip", "203.0.113.80", "--sni", "c2.example.net"]);
+    assert_eq!(sni["stage"], "indicator", "{sni}");
+    assert_eq!(sni["indicator_hits"][0]["audit_id"], "MDR-SNI");
+    assert_eq!(sni["indicator_hits"][0]["module"], "tls_sni");
+
+    let excluded = explain(&["--config", c, "--src-mac", "02:00:00:00:00:01", "--src-ip", "10.0.0.1", "--dst-ip", "198.51.100.77"]);
+    assert_eq!(excluded["verdict"], "forward", "{excluded}");
+    assert_eq!(excluded["excluded"][0], "firewall");
+
+    let missing_lab = explain(&["--config", c, "--src-mac", "02:00:00:00:00:04", "--src-ip", "10.0.0.4", "--dst-ip", "203.0.113.80", "--vlan", "20"]);
+    assert_eq!(missing_lab["verdict"], "forward", "{missing_lab}");
+    let missing_office = explain(&["--config", c, "--src-mac", "02:00:00:00:00:04", "--src-ip", "10.0.0.4", "--dst-ip", "203.0.113.80", "--vlan", "10"]);
+    assert_eq!(missing_office["reason"], "missing_heartbeat", "{missing_office}");
+
+    // Text form names the decision in one sentence.
+    let out = std::process::Command::new(HBGW)
+        .args(["explain", "--config", c, "--src-mac", "02:00:00:00:00:01", "--src-ip", "10.0.0.1", "--dst-ip", "203.0.113.80", "--proto", "udp", "--dport", "53", "--dns", "www.malware.example"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("dropped by threat indicator MDR-DOMAIN"), "{text}");
+}
+
+#[test]
+fn explain_asks_the_running_gateway() {
+    let bed = PcapBed::new(&frames(10, 1), &[]);
+    let cfg = write_state(bed.dir.path(), false);
+    let args = bed.args(false, &["--config", cfg.to_str().unwrap(), "--duration", "120"]);
+    let child = std::process::Command::new(HBGW)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = bed.socket();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "the gateway never opened its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = sock.to_str().unwrap();
+    let yellow = explain(&["--socket", s, "--src-mac", "02:00:00:00:00:02", "--src-ip", "10.0.0.2", "--dst-ip", "203.0.113.80"]);
+    assert_eq!(yellow["reason"], "source_heartbeat", "{yellow}");
+    assert_eq!(yellow["src_health"], "yellow");
+    let bad = std::process::Command::new(HBGW)
+        .args(["explain", "--socket", s, "--ingress", "dmz9", "--src-mac", "02:00:00:00:00:02", "--src-ip", "10.0.0.2", "--dst-ip", "203.0.113.80"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown ingress port `dmz9`: use one of lan0, wan0"));
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_timeout(child, Duration::from_secs(30)).status.success());
+}

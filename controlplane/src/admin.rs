@@ -1,10 +1,12 @@
 //! The stats socket: a Unix stream socket on which each request is one line
 //! and each answer one JSON line (`docs/stats-protocol.md`).
 //!
-//! Requests: `stats` (the last complete interval's report) and `clear` (start
-//! a fresh measurement, then answer like `stats`). Anything else gets
-//! `{"error": "..."}`. A client that sends nothing for 5 s is dropped.
+//! Requests: `stats` (the last complete interval's report), `clear` (start
+//! a fresh measurement, then answer like `stats`) and `explain {json}` (see
+//! [`crate::explain`]). Anything else gets `{"error": "..."}`. A client that
+//! sends nothing for 5 s is dropped.
 
+use crate::explain::{ExplainRequest, Explainer};
 use crate::stats::StatsAggregator;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Longest request line accepted.
-const MAX_REQUEST: usize = 256;
+const MAX_REQUEST: usize = 4096;
 
 /// Why the stats socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,12 @@ pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
 }
 
 /// Answers requests until the task is aborted.
-pub async fn serve(listener: UnixListener, path: PathBuf, aggregator: Arc<Mutex<StatsAggregator>>) {
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    aggregator: Arc<Mutex<StatsAggregator>>,
+    explainer: Option<Arc<Explainer>>,
+) {
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -62,7 +69,7 @@ pub async fn serve(listener: UnixListener, path: PathBuf, aggregator: Arc<Mutex<
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, aggregator.clone()));
+                tokio::spawn(answer(stream, aggregator.clone(), explainer.clone()));
             }
             Err(e) => {
                 tracing::warn!("stats socket {}: accept failed: {e}", path.display());
@@ -72,7 +79,11 @@ pub async fn serve(listener: UnixListener, path: PathBuf, aggregator: Arc<Mutex<
     }
 }
 
-async fn answer(stream: tokio::net::UnixStream, aggregator: Arc<Mutex<StatsAggregator>>) {
+async fn answer(
+    stream: tokio::net::UnixStream,
+    aggregator: Arc<Mutex<StatsAggregator>>,
+    explainer: Option<Arc<Explainer>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     loop {
@@ -84,7 +95,7 @@ async fn answer(stream: tokio::net::UnixStream, aggregator: Arc<Mutex<StatsAggre
         if n == 0 {
             return;
         }
-        let reply = respond(line.trim(), &aggregator);
+        let reply = respond(line.trim(), &aggregator, explainer.as_deref());
         if write.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
@@ -92,7 +103,18 @@ async fn answer(stream: tokio::net::UnixStream, aggregator: Arc<Mutex<StatsAggre
     }
 }
 
-fn respond(request: &str, aggregator: &Mutex<StatsAggregator>) -> String {
+fn respond(request: &str, aggregator: &Mutex<StatsAggregator>, explainer: Option<&Explainer>) -> String {
+    if let Some(question) = request.strip_prefix("explain ") {
+        let body = match (explainer, serde_json::from_str::<ExplainRequest>(question)) {
+            (None, _) => serde_json::json!({"error": "this gateway enforces nothing (no [enforcement] section): every frame is bridged"}),
+            (_, Err(e)) => serde_json::json!({"error": format!("bad explain request: {e}")}),
+            (Some(x), Ok(q)) => match x.explain(&q) {
+                Ok(answer) => serde_json::to_value(answer).unwrap_or_default(),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            },
+        };
+        return format!("{body}\n");
+    }
     let mut agg = aggregator.lock().unwrap_or_else(|p| p.into_inner());
     let body = match request {
         "stats" => serde_json::to_string(agg.report()),
@@ -101,7 +123,7 @@ fn respond(request: &str, aggregator: &Mutex<StatsAggregator>) -> String {
             serde_json::to_string(agg.report())
         }
         other => Ok(serde_json::json!({
-            "error": format!("unknown request {other:?}: send `stats` or `clear`")
+            "error": format!("unknown request {other:?}: send `stats`, `clear` or `explain {{json}}`")
         })
         .to_string()),
     };
@@ -150,7 +172,7 @@ mod tests {
         let (_recs, ex) = hbgw_dataplane::latency::exchange(0, 1, 1);
         let agg = Arc::new(Mutex::new(StatsAggregator::new(vec![], vec![], Box::new(NoDeviceStats), ex)));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        rt.spawn(serve(listener, path.clone(), agg));
+        rt.spawn(serve(listener, path.clone(), agg, None));
         let client_path = path.clone();
         let (a, b, c) = rt.block_on(async move {
             tokio::task::spawn_blocking(move || {

@@ -10,6 +10,7 @@
 //! * [`hlog`] — the HdrHistogram interval log (`--hlog`);
 //! * [`event_log`] — JSON-lines event log, rotated, identical events folded;
 //! * [`metrics`] — Prometheus metrics with bucketed latency histograms;
+//! * [`explain`] — `hbgw explain`: what decides a given flow, and why;
 //! * [`threat_log`] — Active threat response and heartbeat-drop logs from the
 //!   workers' events.
 //!
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod event_log;
+pub mod explain;
 pub mod hlog;
 pub mod metrics;
 pub mod stats;
@@ -65,6 +67,8 @@ pub struct EnforcementPlane {
     pub seen_macs: SeenMacsExchange,
     /// Where events are written.
     pub threat_log: ThreatLog,
+    /// Answers `explain` on the stats socket.
+    pub explainer: Arc<explain::Explainer>,
 }
 
 /// Where and when each source MAC was last seen sending traffic (the
@@ -210,7 +214,8 @@ async fn run(
     // Events are drained often so that the workers' bounded channel rarely fills.
     let mut drain = tokio::time::interval(std::time::Duration::from_millis(20));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let server = tokio::spawn(admin::serve(listener, config.stats_socket.clone(), aggregator.clone()));
+    let explainer = enforcement.as_ref().map(|e| e.explainer.clone());
+    let server = tokio::spawn(admin::serve(listener, config.stats_socket.clone(), aggregator.clone(), explainer));
     let metrics_server = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, aggregator.clone())));
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
