@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what building, running and testing hbgw needs, from Debian's packages:
 # DPDK 22.11 (libdpdk-dev: headers, libraries and the PMDs; dpdk-dev: dpdk-testpmd
-# for benchmarks), clang/libclang for bindgen, pkg-config, and the Rust toolchain
-# check. Idempotent: does nothing when everything is present.
+# for benchmarks), clang/libclang for bindgen, pkg-config, openssl (a real TLS
+# peer for the heartbeat tests), and the Rust toolchain check. Idempotent: does nothing when everything is present.
 set -euo pipefail
 
 need=()
@@ -12,6 +12,7 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v clang >/dev/null || need+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

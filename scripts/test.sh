@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test of hbgw: unit tests, end-to-end tests through the real binary on
-# DPDK virtual devices, and the short smoke runs. Installs what it needs first
+# DPDK virtual devices, and a short fuzz run of every parser. Installs what it needs first
 # (Debian packages, hugepages when it can). CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +25,6 @@ fi
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
+
+# Every parser against its oracle under libFuzzer, briefly (long runs: fuzz/README.md).
+scripts/fuzz-smoke.sh "${HBGW_FUZZ_SECONDS:-15}"
