@@ -85,6 +85,18 @@ pub struct StatsArgs {
     pub clear: bool,
 }
 
+/// `hbgw endpoints` arguments.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hbgw endpoints", disable_version_flag = true)]
+pub struct EndpointsArgs {
+    /// The gateway's stats socket.
+    #[arg(long, value_name = "PATH", default_value = hbgw_shared::config::DEFAULT_STATS_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `hbgw explain` arguments: the flow to explain.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "hbgw explain", disable_version_flag = true)]
@@ -153,6 +165,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Explain what decides a flow.
     Explain(ExplainArgs),
+    /// List endpoints and their heartbeat health.
+    Endpoints(EndpointsArgs),
     /// Print help (the text) and exit 0.
     Help(String),
 }
@@ -178,7 +192,7 @@ pub fn help() -> String {
     use clap::CommandFactory;
     format!(
         "hbgw — a userspace fast-path gateway enforcing Synchronized Security\n\n\
-         Usage:\n  hbgw [EAL args] -- [app args]   run the gateway\n  hbgw stats [--json] [--watch [SECS]] [--socket PATH]\n  hbgw explain --src-mac MAC --src-ip IP --dst-ip IP [--proto tcp|udp] [--dport N] [--sni NAME] ...\n\n\
+         Usage:\n  hbgw [EAL args] -- [app args]   run the gateway\n  hbgw stats [--json] [--watch [SECS]] [--socket PATH]\n  hbgw endpoints [--json] [--socket PATH]\n  hbgw explain --src-mac MAC --src-ip IP --dst-ip IP [--proto tcp|udp] [--dport N] [--sni NAME] ...\n\n\
          EAL args are DPDK's (-l 0,1 --vdev ... -a PCI ...; see `dpdk-testpmd --help`).\n\
          hbgw adds --no-pci unless you name devices with -a, and a unique --file-prefix unless you give one.\n\
          With no port named at all (no --vdev, -a, --config or --port-pair) it runs its built-in\n\
@@ -193,6 +207,11 @@ pub fn help() -> String {
 pub fn parse(argv: Vec<String>) -> Result<Command, String> {
     let program = argv.first().cloned().unwrap_or_else(|| "hbgw".into());
     let rest = &argv[argv.len().min(1)..];
+    if rest.first().map(String::as_str) == Some("endpoints") {
+        let args = EndpointsArgs::try_parse_from(std::iter::once("hbgw endpoints".to_owned()).chain(rest[1..].iter().cloned()))
+            .map_err(clap_error)?;
+        return Ok(Command::Endpoints(args));
+    }
     if rest.first().map(String::as_str) == Some("explain") {
         let args = ExplainArgs::try_parse_from(std::iter::once("hbgw explain".to_owned()).chain(rest[1..].iter().cloned()))
             .map_err(clap_error)?;

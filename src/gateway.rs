@@ -25,9 +25,13 @@ use hbgw_dataplane::worker::{RxAssignment, Worker, WorkerPlan};
 use hbgw_controlplane::event_log::{EventLog, EventLogConfig};
 use hbgw_controlplane::threat_log::{NoUsers, ThreatLog};
 use hbgw_controlplane::explain::Explainer;
-use hbgw_controlplane::EnforcementPlane;
+use hbgw_controlplane::heartbeat::{
+    FileDirectory, HeartbeatConfig, LdapDirectory, LdapDirectoryConfig, PinnedCertStore, UserDirectory,
+};
+use hbgw_controlplane::{EnforcementPlane, HeartbeatSetup};
+use hbgw_shared::config::HeartbeatSection;
 use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer, LateralMovement, MalformedAction, PortContext};
-use hbgw_dataplane::events;
+use hbgw_dataplane::events::{self, EventGate};
 use hbgw_dataplane::pipeline::Enforcing;
 use hbgw_dataplane::seen_macs::{self, SeenMacs};
 use hbgw_shared::config::{BridgeConfig, Config, EnforcementSection, MalformedPolicy};
@@ -46,6 +50,10 @@ const LATENCY_FLUSH: Duration = Duration::from_millis(100);
 const MAIN_POLL: Duration = Duration::from_millis(20);
 /// Distinct (source MAC, port) pairs a worker records per flush period.
 const SEEN_MACS_PER_FLUSH: usize = 65_536;
+/// Identical events a worker folds into one within this window (per key).
+const EVENT_GATE_WINDOW: Duration = Duration::from_millis(100);
+/// Distinct event keys a worker remembers for folding.
+const EVENT_GATE_SLOTS: usize = 4096;
 
 /// The enforcement state loaded from files, before any worker starts.
 pub struct LoadedState {
@@ -55,6 +63,66 @@ pub struct LoadedState {
     pub writer: EndpointTableWriter,
     /// The decide stage's settings.
     pub config: EnforcementConfig,
+    /// The policy zone of LAN ports and of WAN ports (for the heartbeat
+    /// service's missing-heartbeat zones).
+    pub port_zones: (String, String),
+    /// The policy's missing-heartbeat zones.
+    pub missing_zones: Vec<String>,
+}
+
+/// The heartbeat service's settings from `[heartbeat]`: certificates and
+/// directories are read here, before EAL, so that a bad file stops the start.
+pub fn heartbeat_setup(section: &HeartbeatSection, loaded: &LoadedState) -> Result<HeartbeatSetup> {
+    let certs = PinnedCertStore::new();
+    for path in &section.endpoint_certs {
+        let added = certs.add_pem_file(path).map_err(|e| anyhow!("{e}"))?;
+        tracing::info!("pinned {} endpoint certificate(s) from {}", added.len(), path.display());
+    }
+    let directory: Arc<dyn UserDirectory> = match (&section.users, &section.ldap) {
+        (Some(_), Some(_)) => bail!("[heartbeat] names both `users` and `ldap`: keep one directory"),
+        (Some(path), None) => Arc::new(FileDirectory::load(path).map_err(|e| anyhow!("{e}"))?),
+        (None, Some(l)) => {
+            let bind_password = match &l.bind_password_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .map_err(|e| anyhow!("cannot read heartbeat.ldap.bind_password_file {}: {e}", p.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            Arc::new(LdapDirectory::new(LdapDirectoryConfig {
+                url: l.url.clone(),
+                base_dn: l.base_dn.clone(),
+                bind_dn: l.bind_dn.clone(),
+                bind_password,
+                domains: l.domains.clone(),
+                timeout: Duration::from_secs(5),
+            }))
+        }
+        (None, None) => Arc::new(FileDirectory::from_users(Vec::new())),
+    };
+    let (lan_zone, wan_zone) = loaded.port_zones.clone();
+    let mut zones: std::collections::HashSet<String> = section.missing_heartbeat_zones.iter().cloned().collect();
+    if zones.is_empty() {
+        zones = loaded.missing_zones.iter().cloned().collect();
+    }
+    if zones.is_empty() {
+        zones.insert(lan_zone.clone());
+    }
+    let config = HeartbeatConfig {
+        listen: section.listen,
+        server_cert: section.server_cert.clone(),
+        server_key: section.server_key.clone(),
+        allow_tls12: section.allow_tls12,
+        interval: Duration::from_millis(section.interval_ms.max(100)),
+        missed_limit: section.missed_limit.max(1),
+        missing_heartbeat_zones: zones,
+        ..Default::default()
+    };
+    let zone_of: hbgw_controlplane::heartbeat::ZoneOf =
+        Arc::new(move |slot| Some(if slot % 2 == 0 { lan_zone.clone() } else { wan_zone.clone() }));
+    Ok(HeartbeatSetup { config, certs, directory, zone_of })
 }
 
 /// Port slot 2k is bridge k's LAN side, 2k+1 its WAN side.
@@ -74,10 +142,20 @@ pub fn port_role_name(slot: usize) -> String {
 /// Loads `[enforcement]`: policy, threat feed and static endpoints. Any error
 /// refuses the whole start: no half-applied policy.
 pub fn load_enforcement(section: &EnforcementSection) -> Result<LoadedState> {
-    let policy = match &section.policy {
-        Some(path) => Policy::load(path)?.compile()?,
+    let source = section.policy.as_ref().map(|path| Policy::load(path)).transpose()?;
+    let policy = match &source {
+        Some(p) => p.compile()?,
         None => CompiledPolicy::default(),
     };
+    // A port's zone (without VLAN): the first zone of its role that names no VLAN.
+    let zone_of_role = |role: PortRole, fallback: &str| {
+        source
+            .as_ref()
+            .and_then(|p| p.zones.iter().find(|z| z.role == role && z.vlans.is_empty()).map(|z| z.name.clone()))
+            .unwrap_or_else(|| fallback.to_owned())
+    };
+    let port_zones = (zone_of_role(PortRole::Lan, "lan"), zone_of_role(PortRole::Wan, "wan"));
+    let missing_zones = source.as_ref().map(|p| p.missing_heartbeat_zones.clone()).unwrap_or_default();
     let indicators = match &section.threat_feed {
         Some(path) => hbgw_shared::feed_file::load_threat_feed(path)?,
         None => IndicatorSet::empty(),
@@ -100,7 +178,7 @@ pub fn load_enforcement(section: &EnforcementSection) -> Result<LoadedState> {
         },
         gateway_ips: section.gateway_addresses.clone(),
     };
-    Ok(LoadedState { state, writer, config })
+    Ok(LoadedState { state, writer, config, port_zones, missing_zones })
 }
 
 /// The configuration after the file and the command-line overrides.
@@ -232,18 +310,31 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
     }
 
     // Policy, feed and endpoints are loaded before EAL starts: a bad file
-    // stops the gateway before it touches a port.
+    // stops the gateway before it touches a port. The heartbeat service needs
+    // the enforcing pipeline (its seen-MAC reports), so it implies one.
+    if cfg.heartbeat.is_some() && cfg.enforcement.is_none() {
+        cfg.enforcement = Some(EnforcementSection::default());
+    }
     let loaded = cfg.enforcement.as_ref().map(load_enforcement).transpose()?;
+    let heartbeat = match (&cfg.heartbeat, &loaded) {
+        (Some(section), Some(l)) => Some(heartbeat_setup(section, l)?),
+        _ => None,
+    };
 
     tracing::info!("EAL arguments: {}", args[1..].join(" "));
     let eal = Eal::init(&args)?;
-    let result = run_with_eal(&mut cfg, &app, loaded);
+    let result = run_with_eal(&mut cfg, &app, loaded, heartbeat);
     drop(demo);
     eal.cleanup();
     result
 }
 
-fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) -> Result<()> {
+fn run_with_eal(
+    cfg: &mut Config,
+    app: &AppArgs,
+    loaded: Option<LoadedState>,
+    heartbeat: Option<HeartbeatSetup>,
+) -> Result<()> {
     if cfg.bridges.is_empty() {
         let ports = crate::dpdk::port::available();
         if ports.is_empty() || ports.len() % 2 != 0 {
@@ -355,9 +446,13 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) ->
     // control plane's end of the events and seen-MAC channels.
     let port_contexts: Vec<PortContext> = (0..ports.len()).map(port_context).collect();
     let (mut pipelines, plane): (Vec<Option<Enforcing>>, Option<EnforcementPlane>) = match loaded {
-        None => ((0..nworkers).map(|_| None).collect(), None),
+        None => {
+            drop(heartbeat);
+            ((0..nworkers).map(|_| None).collect(), None)
+        }
         Some(l) => {
             let (senders, event_rx) = events::channel(nworkers, cfg.events.channel_capacity);
+            let gate_cycles = (hz as f64 * EVENT_GATE_WINDOW.as_secs_f64()) as u64;
             let (flushers, seen_exchange) = seen_macs::exchange(nworkers, SEEN_MACS_PER_FLUSH);
             let pipelines = senders
                 .into_iter()
@@ -369,6 +464,8 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) ->
                         view: l.state.worker_view(),
                         ports: port_contexts.clone().into_boxed_slice(),
                         events,
+                        gate: EventGate::new(EVENT_GATE_SLOTS, gate_cycles),
+                        now: 0,
                         seen: SeenMacs::new(SEEN_MACS_PER_FLUSH),
                         seen_flusher,
                         counters: counters.clone(),
@@ -397,9 +494,10 @@ fn run_with_eal(cfg: &mut Config, app: &AppArgs, loaded: Option<LoadedState>) ->
             let plane = EnforcementPlane {
                 explainer,
                 state: l.state,
-                endpoints: l.writer,
+                endpoints: Arc::new(std::sync::Mutex::new(l.writer)),
                 events: event_rx,
-                seen_macs: seen_exchange,
+                seen_macs: Some(seen_exchange),
+                heartbeat,
                 threat_log,
             };
             (pipelines, Some(plane))

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         }
         Command::Stats(args) => stats_cmd::run(&args),
         Command::Explain(args) => explain_cmd::run(&args),
+        Command::Endpoints(args) => stats_cmd::endpoints(&args),
         Command::Gateway { eal, app } => hbgw::gateway::run(eal, app),
     };
     match result {

@@ -1,7 +1,7 @@
 //! `hbgw stats`: asks a running gateway for its report over the stats socket.
 
 use anyhow::{anyhow, Result};
-use hbgw::cli::StatsArgs;
+use hbgw::cli::{EndpointsArgs, StatsArgs};
 use hbgw_controlplane::admin::request;
 use hbgw_shared::stats::StatsReport;
 use std::io::IsTerminal;
@@ -43,4 +43,25 @@ pub fn run(args: &StatsArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs_f64(every.max(0.05)));
     }
+}
+
+/// `hbgw endpoints`: the heartbeat view (health, last heartbeat, missed
+/// count, MACs/IPs, user; and the widget's counts).
+pub fn endpoints(args: &EndpointsArgs) -> Result<()> {
+    let line = request(&args.socket, "endpoints", Duration::from_secs(5)).map_err(|e| {
+        anyhow!(
+            "cannot reach the gateway at {} ({e}): is hbgw running? pass --socket PATH if it was started with --stats-socket",
+            args.socket.display()
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&line)?;
+    if let Some(err) = value.get("error").and_then(|e| e.as_str()) {
+        return Err(anyhow!("{err}"));
+    }
+    if args.json {
+        println!("{}", value["report"]);
+    } else {
+        print!("{}", value["table"].as_str().unwrap_or_default());
+    }
+    Ok(())
 }

@@ -33,6 +33,15 @@ pub enum AdminError {
     },
 }
 
+/// What else the socket answers for, besides stats.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// `explain {json}`.
+    pub explainer: Option<Arc<Explainer>>,
+    /// `endpoints`.
+    pub heartbeat: Option<Arc<crate::heartbeat::HeartbeatService>>,
+}
+
 /// Binds the socket, replacing a stale one left by a process that died.
 pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
     let bind_err = |source| AdminError::Bind { path: path.to_owned(), source };
@@ -57,7 +66,7 @@ pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     aggregator: Arc<Mutex<StatsAggregator>>,
-    explainer: Option<Arc<Explainer>>,
+    services: Services,
 ) {
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(l) => l,
@@ -69,7 +78,7 @@ pub async fn serve(
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, aggregator.clone(), explainer.clone()));
+                tokio::spawn(answer(stream, aggregator.clone(), services.clone()));
             }
             Err(e) => {
                 tracing::warn!("stats socket {}: accept failed: {e}", path.display());
@@ -82,7 +91,7 @@ pub async fn serve(
 async fn answer(
     stream: tokio::net::UnixStream,
     aggregator: Arc<Mutex<StatsAggregator>>,
-    explainer: Option<Arc<Explainer>>,
+    services: Services,
 ) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
@@ -95,7 +104,7 @@ async fn answer(
         if n == 0 {
             return;
         }
-        let reply = respond(line.trim(), &aggregator, explainer.as_deref());
+        let reply = respond(line.trim(), &aggregator, &services);
         if write.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
@@ -103,9 +112,19 @@ async fn answer(
     }
 }
 
-fn respond(request: &str, aggregator: &Mutex<StatsAggregator>, explainer: Option<&Explainer>) -> String {
+fn respond(request: &str, aggregator: &Mutex<StatsAggregator>, services: &Services) -> String {
+    if request == "endpoints" {
+        let body = match &services.heartbeat {
+            None => serde_json::json!({"error": "no heartbeat service runs here: add a [heartbeat] section to the config"}),
+            Some(svc) => {
+                let report = svc.report();
+                serde_json::json!({"report": report, "table": report.render_table()})
+            }
+        };
+        return format!("{body}\n");
+    }
     if let Some(question) = request.strip_prefix("explain ") {
-        let body = match (explainer, serde_json::from_str::<ExplainRequest>(question)) {
+        let body = match (services.explainer.as_deref(), serde_json::from_str::<ExplainRequest>(question)) {
             (None, _) => serde_json::json!({"error": "this gateway enforces nothing (no [enforcement] section): every frame is bridged"}),
             (_, Err(e)) => serde_json::json!({"error": format!("bad explain request: {e}")}),
             (Some(x), Ok(q)) => match x.explain(&q) {
@@ -123,7 +142,7 @@ fn respond(request: &str, aggregator: &Mutex<StatsAggregator>, explainer: Option
             serde_json::to_string(agg.report())
         }
         other => Ok(serde_json::json!({
-            "error": format!("unknown request {other:?}: send `stats`, `clear` or `explain {{json}}`")
+            "error": format!("unknown request {other:?}: send `stats`, `clear`, `endpoints` or `explain {{json}}`")
         })
         .to_string()),
     };
@@ -172,7 +191,7 @@ mod tests {
         let (_recs, ex) = hbgw_dataplane::latency::exchange(0, 1, 1);
         let agg = Arc::new(Mutex::new(StatsAggregator::new(vec![], vec![], Box::new(NoDeviceStats), ex)));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        rt.spawn(serve(listener, path.clone(), agg, None));
+        rt.spawn(serve(listener, path.clone(), agg, Services::default()));
         let client_path = path.clone();
         let (a, b, c) = rt.block_on(async move {
             tokio::task::spawn_blocking(move || {

@@ -75,19 +75,22 @@ impl EventLog {
         Ok(Self { config, out, size, open: HashMap::new(), written: 0, suppressed: 0 })
     }
 
-    /// Logs `event` under `key`, unless an identical one is already in its window.
-    pub fn record<E: Serialize>(&mut self, key: u64, event: &E, now: Instant) -> std::io::Result<()> {
+    /// Logs `event` under `key`, unless an identical one is already in its
+    /// window. `folded` identical events were already folded into this one
+    /// upstream (by a worker); they count as repeats.
+    pub fn record<E: Serialize>(&mut self, key: u64, event: &E, now: Instant, folded: u64) -> std::io::Result<()> {
         if let Some(f) = self.open.get_mut(&key) {
             if now.duration_since(f.first_seen) < self.config.window {
-                f.suppressed += 1;
-                self.suppressed += 1;
+                f.suppressed += 1 + folded;
+                self.suppressed += 1 + folded;
                 return Ok(());
             }
         }
         self.close_window(key)?;
         let line = serde_json::to_string(event).map_err(std::io::Error::other)?;
         self.write_line(&line)?;
-        self.open.insert(key, Folded { first_seen: now, suppressed: 0, line });
+        self.suppressed += folded;
+        self.open.insert(key, Folded { first_seen: now, suppressed: folded, line });
         Ok(())
     }
 
@@ -188,12 +191,12 @@ mod tests {
         let mut log = EventLog::open(config(dir.path(), 1 << 20)).unwrap();
         let t0 = Instant::now();
         for i in 0..100 {
-            log.record(7, &Ev { indicator: "evil.example", n: i }, t0 + Duration::from_millis(i as u64)).unwrap();
+            log.record(7, &Ev { indicator: "evil.example", n: i }, t0 + Duration::from_millis(i as u64), 0).unwrap();
         }
-        log.record(8, &Ev { indicator: "other.example", n: 0 }, t0).unwrap();
+        log.record(8, &Ev { indicator: "other.example", n: 0 }, t0, 0).unwrap();
         log.expire(t0 + Duration::from_secs(2)).unwrap();
         // A new window for the same key writes again.
-        log.record(7, &Ev { indicator: "evil.example", n: 500 }, t0 + Duration::from_secs(3)).unwrap();
+        log.record(7, &Ev { indicator: "evil.example", n: 500 }, t0 + Duration::from_secs(3), 0).unwrap();
         log.close().unwrap();
         let l = lines(&dir.path().join("events.jsonl"));
         assert_eq!(l.len(), 4, "{l:?}");
@@ -212,7 +215,7 @@ mod tests {
         let mut log = EventLog::open(config(dir.path(), 200)).unwrap();
         let t0 = Instant::now();
         for i in 0..40u32 {
-            log.record(u64::from(i), &Ev { indicator: "x.example", n: i }, t0).unwrap();
+            log.record(u64::from(i), &Ev { indicator: "x.example", n: i }, t0, 0).unwrap();
         }
         log.close().unwrap();
         let base = dir.path().join("events.jsonl");

@@ -60,16 +60,38 @@ pub struct ControlPlaneConfig {
 pub struct EnforcementPlane {
     /// The published state (policy, indicators, endpoint table).
     pub state: Arc<GatewayState>,
-    /// The endpoint table's only writer.
-    pub endpoints: EndpointTableWriter,
+    /// The endpoint table's only writer, shared within the control plane.
+    pub endpoints: Arc<Mutex<EndpointTableWriter>>,
     /// Events from the workers.
     pub events: crossbeam_channel::Receiver<WorkerEvent>,
-    /// Source MACs the workers saw.
-    pub seen_macs: SeenMacsExchange,
+    /// Source MACs the workers saw (taken by the heartbeat service when it runs).
+    pub seen_macs: Option<SeenMacsExchange>,
+    /// The Security Heartbeat service to start, if configured.
+    pub heartbeat: Option<HeartbeatSetup>,
     /// Where events are written.
     pub threat_log: ThreatLog,
     /// Answers `explain` on the stats socket.
     pub explainer: Arc<explain::Explainer>,
+}
+
+/// What the heartbeat service needs besides the shared table and seen MACs.
+pub struct HeartbeatSetup {
+    /// Listener, certificates, timers.
+    pub config: heartbeat::HeartbeatConfig,
+    /// The pinned endpoint certificates.
+    pub certs: heartbeat::PinnedCertStore,
+    /// Synchronized user ID's directory.
+    pub directory: Arc<dyn heartbeat::UserDirectory>,
+    /// The zone of each port slot.
+    pub zone_of: heartbeat::ZoneOf,
+}
+
+/// User names for the threat log, from the heartbeat service.
+struct HeartbeatUsers(Arc<heartbeat::HeartbeatService>);
+impl threat_log::UserLookup for HeartbeatUsers {
+    fn user_of(&self, ip: std::net::IpAddr) -> Option<String> {
+        self.0.user_of_ip(ip).map(|u| u.account.to_string())
+    }
 }
 
 /// Where and when each source MAC was last seen sending traffic (the
@@ -142,6 +164,9 @@ pub enum ControlPlaneError {
     /// The runtime thread could not start.
     #[error("cannot start the control-plane thread: {0}")]
     Thread(std::io::Error),
+    /// The heartbeat service could not start.
+    #[error(transparent)]
+    Heartbeat(#[from] heartbeat::HeartbeatError),
 }
 
 /// The running control plane.
@@ -170,6 +195,7 @@ impl ControlPlane {
         };
         let aggregator = Arc::new(Mutex::new(aggregator));
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let agg = aggregator.clone();
         let thread = std::thread::Builder::new()
             .name("hbgw-control".into())
@@ -178,9 +204,21 @@ impl ControlPlane {
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime builds");
-                runtime.block_on(run(config, agg, listener, metrics_listener, hlog, enforcement, shutdown_rx));
+                runtime.block_on(run(config, agg, listener, metrics_listener, hlog, enforcement, shutdown_rx, ready_tx));
             })
             .map_err(ControlPlaneError::Thread)?;
+        // Services that start inside the runtime (heartbeat) report here.
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(ControlPlaneError::Thread(std::io::Error::other("the control-plane thread ended at start")));
+            }
+        }
         Ok(Self { thread, shutdown, aggregator })
     }
 
@@ -210,13 +248,44 @@ async fn run(
     mut hlog: Option<hlog::HlogFile>,
     mut enforcement: Option<EnforcementPlane>,
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<Result<(), ControlPlaneError>>,
 ) {
+    let mut heartbeat_service: Option<Arc<heartbeat::HeartbeatService>> = None;
+    if let Some(e) = enforcement.as_mut() {
+        if let Some(setup) = e.heartbeat.take() {
+            let deps = heartbeat::HeartbeatDeps {
+                table: e.endpoints.clone(),
+                certs: setup.certs,
+                directory: setup.directory,
+                zone_of: setup.zone_of,
+                seen_macs: e.seen_macs.take(),
+            };
+            match heartbeat::HeartbeatService::start(setup.config, deps).await {
+                Ok(svc) => {
+                    let svc = Arc::new(svc);
+                    tracing::info!("Security Heartbeat listening on {} (TLS, pinned endpoint certificates)", svc.local_addr());
+                    e.threat_log.set_users(Box::new(HeartbeatUsers(svc.clone())));
+                    heartbeat_service = Some(svc);
+                }
+                Err(err) => {
+                    let _ = ready.send(Err(err.into()));
+                    return;
+                }
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
     let mut ledger = SeenMacLedger::default();
     // Events are drained often so that the workers' bounded channel rarely fills.
     let mut drain = tokio::time::interval(std::time::Duration::from_millis(20));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let explainer = enforcement.as_ref().map(|e| e.explainer.clone());
-    let server = tokio::spawn(admin::serve(listener, config.stats_socket.clone(), aggregator.clone(), explainer));
+    let server = tokio::spawn(admin::serve(
+        listener,
+        config.stats_socket.clone(),
+        aggregator.clone(),
+        admin::Services { explainer, heartbeat: heartbeat_service.clone() },
+    ));
     let metrics_server = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, aggregator.clone())));
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,9 +313,18 @@ async fn run(
             _ = &mut shutdown => break,
         }
     }
+    if let Some(svc) = heartbeat_service.take() {
+        match Arc::try_unwrap(svc) {
+            Ok(svc) => svc.shutdown().await,
+            Err(svc) => drop(svc),
+        }
+    }
     // The workers have stopped: take their last events and close the log.
     if let Some(mut e) = enforcement.take() {
         drain_enforcement(&mut e, &mut ledger);
+        while !e.events.is_empty() {
+            drain_enforcement(&mut e, &mut ledger);
+        }
         if let Err(err) = e.threat_log.close() {
             tracing::warn!("event log: {err}");
         }
@@ -264,9 +342,15 @@ async fn run(
     }
 }
 
+/// Events taken per drain pass (every 20 ms): bounds the time the runtime
+/// spends on them, so the sockets stay responsive however busy the workers
+/// are; what does not fit waits in the bounded channel, and what overflows
+/// that is counted.
+const MAX_EVENTS_PER_DRAIN: usize = 8192;
+
 fn drain_enforcement(e: &mut EnforcementPlane, ledger: &mut SeenMacLedger) {
     let now = std::time::Instant::now();
-    for ev in e.events.try_iter() {
+    for ev in e.events.try_iter().take(MAX_EVENTS_PER_DRAIN) {
         if let Err(err) = e.threat_log.handle(&ev, now) {
             tracing::warn!("event log write failed: {err}: events are counted but not written");
         }
@@ -274,7 +358,9 @@ fn drain_enforcement(e: &mut EnforcementPlane, ledger: &mut SeenMacLedger) {
     if let Err(err) = e.threat_log.tick(now) {
         tracing::warn!("event log flush failed: {err}");
     }
-    ledger.drain(&e.seen_macs, now);
+    if let Some(seen) = &e.seen_macs {
+        ledger.drain(seen, now);
+    }
 }
 
 fn print_live(live: LiveOutput, report: &StatsReport) {

@@ -139,6 +139,11 @@ impl ThreatLog {
         Self { log, state, port_roles, users, received: 0 }
     }
 
+    /// Where user names come from (the heartbeat service, once it runs).
+    pub fn set_users(&mut self, users: Box<dyn UserLookup>) {
+        self.users = users;
+    }
+
     /// The record for `ev`.
     pub fn record(&self, ev: &WorkerEvent) -> ThreatLogRecord {
         let (log, module, action) = match ev.kind {
@@ -217,7 +222,7 @@ impl ThreatLog {
         }
         let record = self.record(ev);
         match self.log.as_mut() {
-            Some(log) => log.record(Self::key(ev), &record, now),
+            Some(log) => log.record(Self::key(ev), &record, now, u64::from(ev.coalesced)),
             None => Ok(()),
         }
     }
@@ -267,6 +272,7 @@ mod tests {
             feed: InlineStr::new(b"mdr"),
             matched: InlineStr::new(b"malware.example"),
             rule: None,
+            coalesced: 0,
         }
     }
 

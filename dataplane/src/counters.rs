@@ -34,6 +34,9 @@ pub struct PortCounters {
 pub struct MiscCounters {
     /// Events lost to a full event channel.
     pub events_lost: AtomicU64,
+    /// Folded (identical) events whose count was lost when their gate slot
+    /// was reused by another event.
+    pub events_folded_lost: AtomicU64,
     /// Source MACs not recorded because the worker's seen-MAC set was full.
     pub seen_macs_overflow: AtomicU64,
 }

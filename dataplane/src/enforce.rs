@@ -181,6 +181,7 @@ impl Enforcer {
             feed: InlineStr::default(),
             matched: InlineStr::default(),
             rule: None,
+            coalesced: 0,
         }
     }
 

@@ -140,6 +140,106 @@ pub struct WorkerEvent {
     pub matched: InlineStr<192>,
     /// The deciding rule's index, for policy drops.
     pub rule: Option<u32>,
+    /// Identical events the worker folded into this one since it last sent
+    /// one with the same key (see [`EventGate`]).
+    pub coalesced: u32,
+}
+
+/// What makes two events identical: what happened, to whom, where, what
+/// matched, and why (not the source port: a new connection from the same
+/// host to the same place is the same event).
+pub fn event_key(e: &WorkerEvent) -> u64 {
+    // A multiply-xorshift mix of the fields; collisions only merge two
+    // events' repeat counts in one cache slot, never lose an event.
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut mix = |v: u64| {
+        h = (h ^ v).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+    };
+    match e.kind {
+        EventKind::ThreatIndicator { module, indicator, .. } => {
+            mix(1);
+            mix(module as u64);
+            mix(u64::from(indicator));
+        }
+        EventKind::HeartbeatDrop => mix(2),
+    }
+    mix(e.reason.as_ptr() as u64);
+    mix(u64::from(e.dropped));
+    let mut mac = [0u8; 8];
+    mac[..6].copy_from_slice(&e.src_mac);
+    mix(u64::from_le_bytes(mac));
+    for ip in [e.src_ip, e.dst_ip] {
+        match ip {
+            Some(IpAddr::V4(v4)) => mix(u64::from(u32::from(v4))),
+            Some(IpAddr::V6(v6)) => {
+                let b = v6.octets();
+                mix(u64::from_le_bytes(b[..8].try_into().expect("8 bytes")));
+                mix(u64::from_le_bytes(b[8..].try_into().expect("8 bytes")));
+            }
+            None => mix(0),
+        }
+    }
+    mix(u64::from(e.dst_port) << 8 | u64::from(e.protocol));
+    mix(e.rule.map_or(u64::MAX, u64::from));
+    for chunk in e.matched.as_bytes().chunks(8) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        mix(u64::from_le_bytes(b));
+    }
+    h
+}
+
+/// Folds identical events on the worker: a blocked host at line rate would
+/// otherwise push one event per packet through the channel. A small
+/// direct-mapped table remembers, per key, when an event was last sent; an
+/// identical event within `window` cycles is only counted, and the count
+/// rides on the next event sent for that key ([`WorkerEvent::coalesced`]).
+/// Fixed size, allocated once; a slot taken over by another key adds its
+/// pending count to [`EventGate::evicted`] so the total stays exact.
+#[derive(Debug)]
+pub struct EventGate {
+    slots: Box<[GateSlot]>,
+    window: u64,
+    /// Folded events whose count could not ride on a later event (their slot
+    /// was reused); shown in stats.
+    pub evicted: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct GateSlot {
+    key: u64,
+    sent_at: u64,
+    pending: u32,
+}
+
+impl EventGate {
+    /// A gate of `slots` entries (rounded to a power of two) folding
+    /// identical events within `window_cycles`.
+    pub fn new(slots: usize, window_cycles: u64) -> Self {
+        let n = slots.max(1).next_power_of_two();
+        EventGate { slots: vec![GateSlot::default(); n].into_boxed_slice(), window: window_cycles, evicted: 0 }
+    }
+
+    /// Sends `event` through `sender` unless an identical one went out less
+    /// than a window ago (then it is counted).
+    #[inline]
+    pub fn offer(&mut self, mut event: WorkerEvent, now: u64, sender: &mut EventSender) {
+        let key = event_key(&event) | 1; // never 0: 0 marks an empty slot
+        let idx = (key as usize) & (self.slots.len() - 1);
+        let slot = &mut self.slots[idx];
+        if slot.key == key {
+            if now.wrapping_sub(slot.sent_at) < self.window {
+                slot.pending = slot.pending.saturating_add(1);
+                return;
+            }
+            event.coalesced = slot.pending;
+        } else if slot.key != 0 {
+            self.evicted += u64::from(slot.pending);
+        }
+        *slot = GateSlot { key, sent_at: now, pending: 0 };
+        sender.send(event);
+    }
 }
 
 /// A worker's end of the event channel.
@@ -199,11 +299,29 @@ mod tests {
             feed: InlineStr::default(),
             matched: InlineStr::default(),
             rule: None,
+            coalesced: 0,
         };
         for _ in 0..5 {
             senders[0].send(ev);
         }
         assert_eq!(rx.try_iter().count(), 2);
         assert_eq!(senders[0].lost, 3);
+
+        // The gate folds identical events within its window and carries the count.
+        let mut gate = EventGate::new(8, 100);
+        let mut s = senders.remove(0);
+        for t in 0..50 {
+            gate.offer(ev, t, &mut s);
+        }
+        let first: Vec<_> = rx.try_iter().collect();
+        assert_eq!(first.len(), 1);
+        gate.offer(ev, 150, &mut s);
+        let next: Vec<_> = rx.try_iter().collect();
+        assert_eq!((next.len(), next[0].coalesced), (1, 49), "49 folded events ride on the next one");
+        // A different source is a different event.
+        let mut other = ev;
+        other.src_mac = [9; 6];
+        gate.offer(other, 151, &mut s);
+        assert_eq!(rx.try_iter().count(), 1);
     }
 }

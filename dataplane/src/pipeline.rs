@@ -10,7 +10,7 @@
 
 use crate::counters::{bump, WorkerCounters};
 use crate::enforce::{EnforcementConfig, Enforcer, MalformedAction, PortContext};
-use crate::events::EventSender;
+use crate::events::{EventGate, EventSender};
 use crate::parse::{parse_frame, Malformed};
 use crate::seen_macs::{SeenMac, SeenMacs, SeenMacsFlusher};
 use crate::verdict::{DropReason, Verdict};
@@ -30,6 +30,10 @@ pub struct Enforcing {
     pub ports: Box<[PortContext]>,
     /// Where events go.
     pub events: EventSender,
+    /// Folds identical events before they reach `events`.
+    pub gate: EventGate,
+    /// The current burst's TSC (set by [`Pipeline::begin_burst`]).
+    pub now: u64,
     /// Source MACs seen since the last flush.
     pub seen: SeenMacs,
     /// Hands `seen` to the control plane.
@@ -97,13 +101,22 @@ impl Pipeline {
             }
         };
         ctx.seen.insert(SeenMac::new(pf.src_mac, ingress_slot));
-        let Enforcing { enforcer, view, ports, events, .. } = &mut **ctx;
+        let Enforcing { enforcer, view, ports, events, gate, now, .. } = &mut **ctx;
         let state = view.refresh();
         let port = ports[ingress_slot];
-        let decision = enforcer.decide(&pf, ingress_slot as u16, port, &state, &mut |e| events.send(e));
+        let now = *now;
+        let decision = enforcer.decide(&pf, ingress_slot as u16, port, &state, &mut |e| gate.offer(e, now, events));
         match decision.verdict {
             Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
             v => v,
+        }
+    }
+
+    /// Stamps the burst about to be decided (the event gate's clock).
+    #[inline]
+    pub fn begin_burst(&mut self, now: u64) {
+        if let Mode::Enforce(ctx) = &mut self.mode {
+            ctx.now = now;
         }
     }
 
@@ -114,6 +127,7 @@ impl Pipeline {
             ctx.seen_flusher.flush(&mut ctx.seen);
             let misc = &ctx.counters.misc;
             misc.events_lost.store(ctx.events.lost, std::sync::atomic::Ordering::Relaxed);
+            misc.events_folded_lost.store(ctx.gate.evicted, std::sync::atomic::Ordering::Relaxed);
             misc.seen_macs_overflow.store(ctx.seen.overflowed, std::sync::atomic::Ordering::Relaxed);
         }
     }

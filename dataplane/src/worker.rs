@@ -135,6 +135,7 @@ impl<I: PacketIo> Worker<I> {
             return 0;
         }
         let start = self.io.cycles();
+        self.pipeline.begin_burst(start);
 
         let mut to_tx = 0;
         let mut to_drop = 0;

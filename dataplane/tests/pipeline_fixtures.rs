@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer, LateralMovement, MalformedAction, PortContext};
-use hbgw_dataplane::events::{self, EventKind, ThreatModule, WorkerEvent};
+use hbgw_dataplane::events::{self, EventGate, EventKind, ThreatModule, WorkerEvent};
 use hbgw_dataplane::pipeline::{Enforcing, Pipeline};
 use hbgw_dataplane::seen_macs::{self, SeenMacs};
 use hbgw_dataplane::verdict::{DropReason, Verdict};
@@ -136,6 +136,8 @@ fn bed(config: EnforcementConfig) -> Bed {
         ]
         .into_boxed_slice(),
         events: senders.remove(0),
+        gate: EventGate::new(64, 0),
+        now: 0,
         seen: SeenMacs::new(1024),
         seen_flusher: flushers.remove(0),
         counters: counters.clone(),
@@ -318,6 +320,8 @@ fn a_health_change_takes_effect_on_the_next_packet() {
         ]
         .into_boxed_slice(),
         events: senders.remove(0),
+        gate: EventGate::new(64, 0),
+        now: 0,
         seen: SeenMacs::new(16),
         seen_flusher: flushers.remove(0),
         counters: Arc::new(WorkerCounters::new(2)),
@@ -344,6 +348,8 @@ fn seen_macs_reach_the_control_plane() {
         ]
         .into_boxed_slice(),
         events: senders.remove(0),
+        gate: EventGate::new(64, 0),
+        now: 0,
         seen: SeenMacs::new(64),
         seen_flusher: flushers.remove(0),
         counters: Arc::new(WorkerCounters::new(2)),

@@ -45,6 +45,74 @@ pub struct Config {
     /// The event log (Active threat response and heartbeat drops).
     #[serde(default)]
     pub events: EventsConfig,
+    /// Security Heartbeat: the TLS service endpoints report their health to.
+    /// Absent: no heartbeat service (health comes from `[enforcement] endpoints`).
+    pub heartbeat: Option<HeartbeatSection>,
+}
+
+fn default_heartbeat_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 8347))
+}
+fn default_interval_ms() -> u64 {
+    15_000
+}
+fn default_missed_limit() -> u32 {
+    3
+}
+
+/// `[heartbeat]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// Where endpoints connect (default `0.0.0.0:8347`).
+    #[serde(default = "default_heartbeat_listen")]
+    pub listen: std::net::SocketAddr,
+    /// The gateway's TLS certificate chain (PEM).
+    pub server_cert: PathBuf,
+    /// Its private key (PEM).
+    pub server_key: PathBuf,
+    /// PEM files holding the endpoint certificates the gateway accepts (the
+    /// ones Central shared); each certificate is pinned, not just its CA.
+    #[serde(default)]
+    pub endpoint_certs: Vec<PathBuf>,
+    /// A file-backed user directory for synchronized user ID.
+    #[serde(default)]
+    pub users: Option<PathBuf>,
+    /// An LDAP / Active Directory server for synchronized user ID.
+    #[serde(default)]
+    pub ldap: Option<LdapSection>,
+    /// The heartbeat interval endpoints are told (default 15000).
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Missed heartbeats before an endpoint still sending traffic is Missing (default 3).
+    #[serde(default = "default_missed_limit")]
+    pub missed_limit: u32,
+    /// Also accept TLS 1.2 (default: TLS 1.3 only).
+    #[serde(default)]
+    pub allow_tls12: bool,
+    /// Zones where missing and no-heartbeat are detected; empty: the
+    /// policy's `missing_heartbeat_zones`.
+    #[serde(default)]
+    pub missing_heartbeat_zones: Vec<String>,
+}
+
+/// `[heartbeat.ldap]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSection {
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Where accounts are searched (by sAMAccountName).
+    pub base_dn: String,
+    /// Bind DN for the search (anonymous when absent).
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// A file holding the bind password (never the password itself in config).
+    #[serde(default)]
+    pub bind_password_file: Option<PathBuf>,
+    /// NetBIOS/DNS domain names this directory answers for.
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 /// `[enforcement]`: where the state comes from and how the decide stage acts.
