@@ -22,7 +22,6 @@
 pub mod admin;
 pub mod event_log;
 pub mod explain;
-pub mod heartbeat;
 pub mod hlog;
 pub mod metrics;
 pub mod stats;

@@ -43,6 +43,13 @@ pub fn rte_errno() -> i32 {
     unsafe { ffi::hbgw_errno() }
 }
 
+/// Reads the TSC (`rte_rdtsc`); valid with or without EAL.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: the shim executes one rdtsc instruction; no state is touched.
+    unsafe { ffi::hbgw_rdtsc() }
+}
+
 /// The TSC frequency EAL measured.
 pub fn tsc_hz() -> u64 {
     // SAFETY: valid after EAL init, which every caller has done (the Eal
