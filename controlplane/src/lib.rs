@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod event_log;
 pub mod explain;
+pub mod heartbeat;
 pub mod hlog;
 pub mod metrics;
 pub mod stats;
