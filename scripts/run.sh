@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build hbgw (release) and run it.
 #
-#   scripts/run.sh                       the built-in default: two virtual ports fed by a built-in
-#                                        traffic source, live counters and latency every second;
-#                                        Ctrl-C stops it and prints the final table
+#   scripts/run.sh                       the whole story (scripts/demo.sh): the gateway on two virtual
+#                                        ports fed by a built-in traffic source, its heartbeat service
+#                                        and 8 simulated endpoints; one turns red and is cut off;
+#                                        live counters and latency every second; Ctrl-C stops it
 #   scripts/run.sh [EAL args] -- [app args]   anything else, passed to hbgw as given
 #
 # Installs missing packages and reserves hugepages (as root) first; without hugepages it
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
-cargo build --release --bin hbgw
+cargo build --release --bin hbgw && cargo build --release -p hbgw-controlplane --bin hbgw-endpoint-sim
 
 huge=()
 if ! scripts/setup-hugepages.sh 1024 >/dev/null 2>&1; then
@@ -22,7 +23,7 @@ if ! scripts/setup-hugepages.sh 1024 >/dev/null 2>&1; then
 fi
 
 if [ $# -eq 0 ]; then
-    set -- -l 0,1 "${huge[@]}" -- --live line
+    exec scripts/demo.sh "${huge[@]}"
 elif [ ${#huge[@]} -gt 0 ]; then
     set -- "${huge[@]}" "$@"
 fi

@@ -1,20 +1,21 @@
 //! The built-in default: when no port is named, hbgw bridges two `net_pcap`
-//! virtual devices that replay frames it writes itself — simulated endpoints
-//! on the LAN talking to servers on the WAN (DNS, HTTPS, HTTP, a mix of frame
-//! sizes), and the servers' answers. `infinite_rx` replays them as fast as the
+//! virtual devices that replay frames it writes itself — the simulated
+//! endpoints of `hbgw-endpoint-sim` on the LAN talking to servers on the WAN
+//! (DNS queries, TLS ClientHellos, HTTP requests, a mix of frame sizes), and
+//! the servers' answers. `infinite_rx` replays them as fast as the
 //! worker takes them; transmitted frames are discarded by the device.
 //!
 //! The addresses are documentation ranges and the frames never leave the
 //! process: net_pcap reads them from a file and drops what it transmits.
 
-use etherparse::PacketBuilder;
+use hbgw_dataplane::synth;
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Simulated endpoints on the LAN.
-pub const ENDPOINTS: u8 = 64;
+/// Simulated endpoints on the LAN (as many as the demo's `hbgw-endpoint-sim`).
+pub const ENDPOINTS: u8 = 8;
 /// Frames in each direction's file (net_pcap holds them all in mbufs).
 pub const FRAMES_PER_FILE: usize = 1024;
 
@@ -59,47 +60,48 @@ pub mod tempdir {
     }
 }
 
-fn endpoint_mac(i: u8) -> [u8; 6] {
-    [0x02, 0x00, 0x0a, 0x0a, 0x00, i]
-}
-const GATEWAY_SIDE_MAC: [u8; 6] = [0x02, 0x00, 0xc6, 0x33, 0x64, 0x01];
-
-fn endpoint_ip(i: u8) -> [u8; 4] {
-    [10, 10, 0, 10 + i]
+/// The simulated endpoints' addresses, as `hbgw-endpoint-sim` assigns them
+/// (endpoint i: MAC 02:5e:00:00:00:i, IP 10.77.0.(i+1)), so that the
+/// built-in traffic is the simulated endpoints' traffic.
+pub fn endpoint_mac(i: u8) -> [u8; 6] {
+    [0x02, 0x5e, 0, 0, 0, i]
 }
 
-/// One LAN -> WAN frame and its WAN -> LAN answer, for flow `n`.
+/// See [`endpoint_mac`].
+pub fn endpoint_ip(i: u8) -> [u8; 4] {
+    [10, 77, 0, i + 1]
+}
+
+const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0xc6, 0x33, 0x64, 0x01];
+
+/// One LAN -> WAN frame and its WAN -> LAN answer, for flow `n`: DNS
+/// queries (one name in eight is `malware.example`, which the demo feed
+/// lists), TLS ClientHellos, HTTP requests and plain TCP with IMIX-like sizes.
 pub fn frame_pair(n: usize) -> (Vec<u8>, Vec<u8>) {
     let ep = (n % ENDPOINTS as usize) as u8;
     let (mac, ip) = (endpoint_mac(ep), endpoint_ip(ep));
     let sport = 40_000 + (n % 20_000) as u16;
-    // IMIX-like sizes: mostly small, some medium, a few full-size.
-    let payload_len = match n % 12 {
-        0..=6 => 18,
-        7..=10 => 530,
-        _ => 1430,
-    };
-    let payload = vec![(n % 251) as u8; payload_len];
-    let (server, dport): ([u8; 4], u16) = match n % 4 {
-        0 => ([203, 0, 113, 53], 53),
-        1 | 2 => ([198, 51, 100, 10 + (n % 20) as u8], 443),
-        _ => ([198, 51, 100, 80], 80),
-    };
-    let build = |src_mac, dst_mac, src_ip, dst_ip, sp, dp, udp: bool| {
-        let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src_ip, dst_ip, 64);
-        let mut out = Vec::new();
+    let server = [198, 51, 100, 10 + (n % 20) as u8];
+    let reply = |dport: u16, udp: bool, len: usize| {
+        let payload = vec![(n % 251) as u8; len];
         if udp {
-            b.udp(sp, dp).write(&mut out, &payload).expect("writing to a Vec cannot fail");
+            synth::udp(ROUTER_MAC, mac, server, ip, dport, sport, &payload)
         } else {
-            b.tcp(sp, dp, n as u32, 64_240).ack(1).psh().write(&mut out, &payload).expect("writing to a Vec cannot fail");
+            synth::tcp(ROUTER_MAC, mac, server, ip, dport, sport, &payload)
         }
-        out
     };
-    let udp = dport == 53;
-    (
-        build(mac, GATEWAY_SIDE_MAC, ip, server, sport, dport, udp),
-        build(GATEWAY_SIDE_MAC, mac, server, ip, dport, sport, udp),
-    )
+    match n % 8 {
+        0 => {
+            let name = if n % 64 == 0 { "malware.example".to_owned() } else { format!("www.site{}.example.net", n % 97) };
+            (synth::udp(mac, ROUTER_MAC, ip, server, sport, 53, &synth::dns_query(&name)), reply(53, true, 60))
+        }
+        1 => (synth::tcp(mac, ROUTER_MAC, ip, server, sport, 443, &synth::client_hello(&format!("api{}.example.net", n % 31))), reply(443, false, 1200)),
+        2 => (synth::tcp(mac, ROUTER_MAC, ip, server, sport, 80, &synth::http_get("www.example.org", "/index.html")), reply(80, false, 1400)),
+        k => {
+            let len = [18, 18, 530, 18, 1430][(k - 3) as usize];
+            (synth::tcp(mac, ROUTER_MAC, ip, server, sport, 443, &vec![0u8; len]), reply(443, false, 18))
+        }
+    }
 }
 
 /// Writes `frames` as a pcap file.
@@ -142,7 +144,7 @@ mod tests {
             for f in [&a, &b] {
                 let p = etherparse::SlicedPacket::from_ethernet(f).unwrap();
                 assert!(p.net.is_some() && p.transport.is_some());
-                assert!(f.len() >= 60 && f.len() <= 1514, "{}", f.len());
+                assert!(f.len() >= 42 && f.len() <= 1514, "{}", f.len());
             }
         }
     }

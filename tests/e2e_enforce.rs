@@ -245,8 +245,9 @@ fn policy_feed_and_endpoints_decide_what_crosses() {
     assert_eq!(hit("MDR-IP")["module"], "firewall");
     let watch = hit("WATCH-IP");
     assert_eq!((watch["verdict"].as_str(), watch["action"].as_str()), (Some("forwarded"), Some("log_only")));
-    // The inbound IP hit is logged with its WAN ingress port.
-    assert!(evs.iter().any(|e| e["audit_id"] == "MDR-IP" && e["port"] == "wan0"), "{evs:#?}");
+    // The inbound IP hit is logged with its WAN ingress port, naming the listed source.
+    assert!(evs.iter().any(|e| e["audit_id"] == "MDR-IP" && e["port"] == "wan0" && e["indicator"] == "198.51.100.66"), "{evs:#?}");
+    assert!(evs.iter().any(|e| e["audit_id"] == "MDR-IP" && e["port"] == "lan0" && e["indicator"] == "198.51.100.66"), "{evs:#?}");
     // Excluded: no event at all.
     assert!(!evs.iter().any(|e| e["dst_ip"] == "198.51.100.77"));
     // Heartbeat drops name the rule and the health.

@@ -210,7 +210,7 @@ impl Explainer {
                         FeedAction::LogOnly => "log_only".into(),
                         FeedAction::LogAndDrop => "log_and_drop".into(),
                     },
-                    matched: if e.matched.is_empty() { q.dst_ip.to_string() } else { e.matched.to_string_lossy() },
+                    matched: e.matched.to_string_lossy(),
                 }),
                 EventKind::HeartbeatDrop => None,
             })

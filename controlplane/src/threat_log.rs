@@ -157,14 +157,10 @@ impl ThreatLog {
             ),
             EventKind::HeartbeatDrop => ("heartbeat", None, None),
         };
+        // What matched: the listed address (either end), name or URL.
         let indicator = match ev.kind {
             EventKind::ThreatIndicator { .. } if !ev.matched.is_empty() => Some(ev.matched.to_string_lossy()),
-            EventKind::ThreatIndicator { .. } => {
-                // An IP match: the listed address is whichever end matched;
-                // the feed's audit id says which entry.
-                ev.dst_ip.map(|ip| ip.to_string())
-            }
-            EventKind::HeartbeatDrop => None,
+            _ => None,
         };
         let verdict = if ev.tap && ev.reason != "forwarded" {
             "would_drop"

@@ -119,6 +119,15 @@ fn health(endpoints: &EndpointSnapshot, mac: [u8; 6], ip: Option<IpAddr>) -> End
     ip.map_or(EndpointHealth::Unknown, |ip| endpoints.health_by_ip(ip))
 }
 
+/// `ip` as text in `buf`, without allocating (only on an indicator hit).
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let n = cursor.position() as usize;
+    &buf[..n]
+}
+
 fn policy_reason(d: &PolicyDecision) -> DropReason {
     match (d.reason, d.action) {
         (DecisionReason::MissingHeartbeat, _) => DropReason::MissingHeartbeat,
@@ -260,8 +269,17 @@ impl Enforcer {
 
         // 2 + 3. Indicators (exclusions are checked inside each lookup).
         let indicators = state.indicators;
-        let mut hit = self.check(&facts, ThreatModule::Firewall, indicators.match_ip(dst_ip), &[], &mut decision, sink)
-            .or_else(|| self.check(&facts, ThreatModule::Firewall, indicators.match_ip(src_ip), &[], &mut decision, sink));
+        let mut text = [0u8; 48];
+        let mut hit = match indicators.match_ip(dst_ip) {
+            IndicatorMatch::NoMatch => None,
+            m => self.check(&facts, ThreatModule::Firewall, m, ip_text(dst_ip, &mut text), &mut decision, sink),
+        };
+        if hit.is_none() {
+            hit = match indicators.match_ip(src_ip) {
+                IndicatorMatch::NoMatch => None,
+                m => self.check(&facts, ThreatModule::Firewall, m, ip_text(src_ip, &mut text), &mut decision, sink),
+            };
+        }
         if hit.is_none() {
             match pf.app {
                 Some(AppHint::DnsQuery(q)) => {

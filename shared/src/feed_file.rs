@@ -14,6 +14,10 @@
 //! feed = "mdr"                   # optional, default "mdr"
 //!
 //! exclusions = ["198.51.100.7", "10.0.0.0/8", "safe.example", "http://x.example/ok"]
+//!
+//! [[list]]                       # a plain list: one indicator per line,
+//! file = "mdr-ips.txt"           # `VALUE [AUDIT_ID]`; `#` starts a comment;
+//! feed = "mdr"                   # a relative path is relative to this file
 //! ```
 //!
 //! ```toml
@@ -76,6 +80,14 @@ fn default_feed() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FeedList {
+    file: PathBuf,
+    #[serde(default = "default_feed")]
+    feed: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ThreatFeedFile {
     #[serde(default)]
     settings: ThreatFeedSettings,
@@ -83,6 +95,8 @@ struct ThreatFeedFile {
     indicators: Vec<FeedIndicator>,
     #[serde(default)]
     exclusions: Vec<String>,
+    #[serde(default, rename = "list")]
+    lists: Vec<FeedList>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +125,28 @@ pub fn load_threat_feed(path: &Path) -> Result<IndicatorSet, FeedFileError> {
     for i in &file.indicators {
         let kind = i.value.parse().map_err(entry)?;
         builder.add_parts(&kind, &i.audit_id, &i.feed).map_err(entry)?;
+    }
+    for list in &file.lists {
+        let list_path = path.parent().map_or_else(|| list.file.clone(), |dir| dir.join(&list.file));
+        let text = read(&list_path)?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let value = words.next().unwrap_or_default();
+            let at = |source| FeedFileError::Entry { path: list_path.clone(), source };
+            let kind = value.parse().map_err(|e| {
+                let mut err = at(e);
+                if let FeedFileError::Entry { path, .. } = &mut err {
+                    *path = PathBuf::from(format!("{}:{}", path.display(), n + 1));
+                }
+                err
+            })?;
+            let audit = words.next().map_or_else(|| format!("{}:{}", list.feed, n + 1), str::to_owned);
+            builder.add_parts(&kind, &audit, &list.feed).map_err(at)?;
+        }
     }
     let exclusions: Vec<ThreatExclusion> =
         file.exclusions.iter().map(|e| e.parse()).collect::<Result<_, _>>().map_err(entry)?;
@@ -180,6 +216,20 @@ exclusions = ["198.51.100.7"]
         assert!(err.contains("bad.toml") && err.contains("not a thing!"), "{err}");
         let p = write(dir.path(), "bad2.toml", "[[indicator]]\nvalu = \"x\"\n");
         assert!(load_threat_feed(&p).unwrap_err().to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn plain_lists_load_relative_to_the_feed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ips.txt", "# MDR list\n198.51.100.1 MDR-1\n198.51.100.0/30\n\nbad.example\n");
+        let p = write(dir.path(), "feed.toml", "[[list]]\nfile = \"ips.txt\"\nfeed = \"mdr\"\n");
+        let set = load_threat_feed(&p).unwrap();
+        assert_eq!(set.len(), 3);
+        assert!(matches!(set.match_ip("198.51.100.1".parse().unwrap()), IndicatorMatch::Hit(h) if h.audit_id == "MDR-1"));
+        assert!(matches!(set.match_ip("198.51.100.2".parse().unwrap()), IndicatorMatch::Hit(h) if h.audit_id == "mdr:3"));
+        write(dir.path(), "ips.txt", "198.51.100.1\nbad!value MDR-2\n");
+        let err = load_threat_feed(&p).unwrap_err().to_string();
+        assert!(err.contains("ips.txt:2"), "{err}");
     }
 
     #[test]

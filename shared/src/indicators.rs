@@ -297,6 +297,14 @@ fn normalize_name(s: &str) -> Result<String, Problem> {
     if t.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b"/:@?#*".contains(&b)) {
         return Err(("not a domain name", "give a bare domain like example.com (URLs need a scheme or a path)"));
     }
+    // What DNS names can hold on the wire (letters, digits, hyphen; underscore
+    // for service labels); internationalised names come as punycode (xn--).
+    if t.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')) {
+        return Err(("not a domain name", "use letters, digits, '-' and '.' only (internationalised names in punycode, xn--...)"));
+    }
+    if t.len() > 253 || t.split('.').any(|l| l.len() > 63) {
+        return Err(("name too long", "a domain has at most 253 characters and labels of at most 63"));
+    }
     Ok(t.to_ascii_lowercase())
 }
 

@@ -413,10 +413,12 @@ impl Policy {
         if u32::try_from(rules.len()).is_err() {
             return Err(invalid("rule", "too many rules", "use fewer than 4 billion rules"));
         }
+        let heads = rules.iter().map(RuleHead::of).collect();
         Ok(CompiledPolicy {
             zones: zones.into(),
             missing_zones,
             rules: rules.into(),
+            heads,
             default_action: self.default_action,
         })
     }
@@ -574,6 +576,81 @@ struct CompiledRule {
     block_dst_without: bool,
 }
 
+/// A rule's cheap necessary conditions, kept inline in one contiguous array
+/// so that the rule walk streams through ~24 bytes per rule and only follows
+/// a rule's heap data (networks, services) when its head matches. Measured
+/// (perf/pipeline_stages.rs, 100 rules): the walk without heads chased two to
+/// three heap blocks per rule.
+#[derive(Debug, Clone, Copy)]
+struct RuleHead {
+    src_zones: u64,
+    dst_zones: u64,
+    /// The one IPv4 destination network when the rule has exactly one and no
+    /// IPv6 ones: (net, mask); (0, 0) otherwise (matches anything).
+    dst_v4: (u32, u32),
+    /// Bit per protocol class: 1 TCP, 2 UDP, 4 ICMP, 8 other; 0xff any.
+    protocols: u8,
+    /// The hull of every service's destination ports.
+    dport_lo: u16,
+    dport_hi: u16,
+}
+
+fn protocol_bit(proto: u8) -> u8 {
+    match proto {
+        Protocol::TCP => 1,
+        Protocol::UDP => 2,
+        Protocol::ICMP | Protocol::ICMPV6 => 4,
+        _ => 8,
+    }
+}
+
+impl RuleHead {
+    fn of(r: &CompiledRule) -> Self {
+        let (protocols, dport_lo, dport_hi) = if r.services.is_empty() {
+            (0xff, 0, u16::MAX)
+        } else {
+            let mut bits = 0u8;
+            let (mut lo, mut hi) = (u16::MAX, 0u16);
+            for s in r.services.iter() {
+                bits |= match s.protocol {
+                    Protocol::Tcp => 1,
+                    Protocol::Udp => 2,
+                    Protocol::Icmp => 4,
+                    Protocol::Any => 0xff,
+                };
+                if s.dst_ports.is_empty() || !matches!(s.protocol, Protocol::Tcp | Protocol::Udp) {
+                    (lo, hi) = (0, u16::MAX);
+                } else {
+                    for &(a, b) in s.dst_ports.iter() {
+                        lo = lo.min(a);
+                        hi = hi.max(b);
+                    }
+                }
+            }
+            (bits, lo, hi)
+        };
+        let dst_v4 = if !r.dst_nets.any && r.dst_nets.v4.len() == 1 && r.dst_nets.v6.is_empty() {
+            r.dst_nets.v4[0]
+        } else {
+            (0, 0)
+        };
+        RuleHead { src_zones: r.src_zones, dst_zones: r.dst_zones, dst_v4, protocols, dport_lo, dport_hi }
+    }
+
+    #[inline]
+    fn may_match(&self, flow: &FlowKey, proto_bit: u8, dst_v4: Option<u32>, src_zones: u64, dst_zones: u64) -> bool {
+        (self.src_zones == 0 || self.src_zones & src_zones != 0)
+            && (self.dst_zones == 0 || self.dst_zones & dst_zones != 0)
+            && self.protocols & proto_bit != 0
+            && (proto_bit > 2 || (self.dport_lo..=self.dport_hi).contains(&flow.dst_port))
+            && match dst_v4 {
+                Some(a) => a & self.dst_v4.1 == self.dst_v4.0,
+                // An IPv6 flow cannot match a rule whose only network is IPv4.
+                None => self.dst_v4.1 == 0,
+            }
+    }
+}
+
 impl CompiledRule {
     #[inline]
     fn matches(&self, flow: &FlowKey, src_zones: u64, dst_zones: u64) -> bool {
@@ -664,13 +741,20 @@ pub struct CompiledPolicy {
     zones: Box<[CompiledZone]>,
     missing_zones: u64,
     rules: Box<[CompiledRule]>,
+    heads: Box<[RuleHead]>,
     default_action: RuleAction,
 }
 
 impl Default for CompiledPolicy {
     /// No zones, no rules, default accept: a pass-through gateway.
     fn default() -> Self {
-        CompiledPolicy { zones: Box::new([]), missing_zones: 0, rules: Box::new([]), default_action: RuleAction::Accept }
+        CompiledPolicy {
+            zones: Box::new([]),
+            missing_zones: 0,
+            rules: Box::new([]),
+            heads: Box::new([]),
+            default_action: RuleAction::Accept,
+        }
     }
 }
 
@@ -713,7 +797,16 @@ impl CompiledPolicy {
             return PolicyDecision { rule: None, action: RuleAction::Drop, reason: DecisionReason::MissingHeartbeat };
         }
         let dst_zones = self.zone_mask(flow.egress, flow.vlan);
-        for (i, rule) in self.rules.iter().enumerate() {
+        let proto_bit = protocol_bit(flow.protocol);
+        let dst_v4 = match flow.dst {
+            IpAddr::V4(a) => Some(u32::from(a)),
+            IpAddr::V6(_) => None,
+        };
+        for (i, head) in self.heads.iter().enumerate() {
+            if !head.may_match(flow, proto_bit, dst_v4, src_zones, dst_zones) {
+                continue;
+            }
+            let rule = &self.rules[i];
             if rule.matches(flow, src_zones, dst_zones) {
                 return decide(i as u32, rule, src, dst);
             }
@@ -1002,5 +1095,82 @@ action = "accept"
         let err = compile("[[rule]]\nname = \"x\"\naction = \"accept\"\nblock_clients = true\n").unwrap_err();
         assert!(err.contains("unknown field `block_clients`"), "{err}");
         assert!(!err.contains('\n'));
+    }
+}
+
+#[cfg(test)]
+mod head_prefilter_tests {
+    //! The rule heads are only a shortcut: with or without them, every flow
+    //! must get the same decision. The reference walks every rule in full.
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    fn reference(p: &CompiledPolicy, flow: &FlowKey, src: EndpointHealth, dst: EndpointHealth) -> PolicyDecision {
+        let src_zones = p.zone_mask(flow.ingress, flow.vlan);
+        if src == EndpointHealth::Missing && (p.missing_zones == u64::MAX || src_zones & p.missing_zones != 0) {
+            return PolicyDecision { rule: None, action: RuleAction::Drop, reason: DecisionReason::MissingHeartbeat };
+        }
+        let dst_zones = p.zone_mask(flow.egress, flow.vlan);
+        for (i, rule) in p.rules.iter().enumerate() {
+            if rule.matches(flow, src_zones, dst_zones) {
+                return decide(i as u32, rule, src, dst);
+            }
+        }
+        PolicyDecision { rule: None, action: p.default_action, reason: DecisionReason::Default }
+    }
+
+    fn rule_text(i: usize, nets: u8, proto: u8, lo: u16, span: u16) -> String {
+        let nets = match nets % 4 {
+            0 => "[]".to_owned(),
+            1 => format!("[\"10.{}.0.0/16\"]", i % 4),
+            2 => format!("[\"10.{}.0.0/16\", \"192.0.2.0/24\"]", i % 4),
+            _ => "[\"2001:db8::/32\"]".to_owned(),
+        };
+        let service = match proto % 5 {
+            0 => String::new(),
+            1 => format!("services = [{{ protocol = \"tcp\", ports = [\"{lo}-{}\"] }}]\n", lo.saturating_add(span)),
+            2 => format!("services = [{{ protocol = \"udp\", ports = [{lo}] }}, {{ protocol = \"tcp\" }}]\n"),
+            3 => "services = [{ protocol = \"icmp\" }]\n".to_owned(),
+            _ => "services = [{ protocol = \"any\" }]\n".to_owned(),
+        };
+        let zones = ["[\"lan\"]", "[\"wan\"]", "[]"][i % 3];
+        format!(
+            "[[rule]]\nname = \"r{i}\"\nsource_zones = {zones}\ndestination_networks = {nets}\n{service}action = \"{}\"\n\n",
+            if i % 2 == 0 { "accept" } else { "drop" }
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn heads_never_change_a_decision(
+            // Small port and address spaces, so flows land on rule boundaries.
+            rules in proptest::collection::vec((any::<u8>(), any::<u8>(), 0u16..300, 0u16..20), 0..30),
+            flows in proptest::collection::vec((any::<bool>(), 0u8..4, 0u8..4, 0u8..3, 0u16..330, any::<bool>()), 50),
+        ) {
+            let mut text = String::from("default_action = \"drop\"\n[[zone]]\nname = \"lan\"\nrole = \"lan\"\n[[zone]]\nname = \"wan\"\nrole = \"wan\"\n\n");
+            for (i, &(n, p, lo, span)) in rules.iter().enumerate() {
+                text.push_str(&rule_text(i, n, p, lo, span));
+            }
+            let policy = Policy::parse(&text, Path::new("p.toml")).unwrap().compile().unwrap();
+            for &(lan, net, host, proto, port, v6) in &flows {
+                let dst: IpAddr = if v6 {
+                    format!("2001:db8::{host:x}").parse().unwrap()
+                } else {
+                    match net {
+                        0..=2 => format!("10.{net}.1.{host}").parse().unwrap(),
+                        _ => format!("192.0.2.{host}").parse().unwrap(),
+                    }
+                };
+                let src: IpAddr = if v6 { "2001:db8::1".parse().unwrap() } else { "10.9.9.9".parse().unwrap() };
+                let (ingress, egress) = if lan { (PortRole::Lan, PortRole::Wan) } else { (PortRole::Wan, PortRole::Lan) };
+                let protocol = [Protocol::TCP, Protocol::UDP, Protocol::ICMP][proto as usize];
+                let flow = FlowKey { ingress, egress, vlan: None, src, dst, protocol, src_port: 40000, dst_port: port };
+                for h in [EndpointHealth::Green, EndpointHealth::Red, EndpointHealth::Unknown] {
+                    prop_assert_eq!(policy.evaluate(&flow, h, h), reference(&policy, &flow, h, h), "{:?}", flow);
+                }
+            }
+        }
     }
 }
