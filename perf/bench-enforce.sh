@@ -13,20 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-record=1
-args=()
-for a in "$@"; do
-    case "$a" in
-        --no-record) record=0 ;;
-        *) args+=("$a") ;;
-    esac
-done
-secs=${args[0]:-10}
-rounds=${args[1]:-2}
 
 out=$(mktemp -d /tmp/hbgw-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 . perf/lib.sh
+bench_args "$@"
 bench_setup
 python3 perf/make-state.py "$out/state" >/dev/null
 cat > "$out/hbgw.toml" <<TOML

@@ -2,6 +2,20 @@
 # given virtual devices, each reporting the median of its per-second Tx rates
 # (the first 2 s skipped). Source it; set `secs` and `out` first.
 
+# bench_args "$@": sets secs (default 10), rounds (default 2) and record (0 with --no-record).
+bench_args() {
+    record=1
+    local args=()
+    for a in "$@"; do
+        case "$a" in
+            --no-record) record=0 ;;
+            *) args+=("$a") ;;
+        esac
+    done
+    secs=${args[0]:-10}
+    rounds=${args[1]:-2}
+}
+
 bench_setup() {
     scripts/install-deps.sh >/dev/null
     cargo build --release --bin hbgw 2>&1 | tail -1

@@ -122,11 +122,15 @@ struct Bed {
     counters: Arc<WorkerCounters>,
 }
 
-fn bed(config: EnforcementConfig) -> Bed {
-    let state = state();
+/// An enforcing pipeline over `state` on a LAN/WAN pair, with its event
+/// channel and seen-MAC exchange (the gate folds nothing: window 0).
+fn enforcing(
+    state: &GatewayState,
+    config: EnforcementConfig,
+    counters: Arc<WorkerCounters>,
+) -> (Pipeline, crossbeam_channel::Receiver<WorkerEvent>, seen_macs::SeenMacsExchange) {
     let (mut senders, events) = events::channel(1, 1024);
-    let (mut flushers, _ex) = seen_macs::exchange(1, 1024);
-    let counters = Arc::new(WorkerCounters::new(2));
+    let (mut flushers, exchange) = seen_macs::exchange(1, 1024);
     let pipeline = Pipeline::enforcing(Enforcing {
         enforcer: Enforcer::new(config),
         view: state.worker_view(),
@@ -140,8 +144,14 @@ fn bed(config: EnforcementConfig) -> Bed {
         now: 0,
         seen: SeenMacs::new(1024),
         seen_flusher: flushers.remove(0),
-        counters: counters.clone(),
+        counters,
     });
+    (pipeline, events, exchange)
+}
+
+fn bed(config: EnforcementConfig) -> Bed {
+    let counters = Arc::new(WorkerCounters::new(2));
+    let (pipeline, events, _ex) = enforcing(&state(), config, counters.clone());
     Bed { pipeline, events, counters }
 }
 
@@ -309,23 +319,7 @@ fn a_health_change_takes_effect_on_the_next_packet() {
         interfaces: vec![EndpointInterface { mac: MacAddr(GREEN.0), ips: vec![GREEN.1.into()] }],
         health: EndpointHealth::Green,
     });
-    let (mut senders, _events) = events::channel(1, 16);
-    let (mut flushers, _ex) = seen_macs::exchange(1, 16);
-    let mut p = Pipeline::enforcing(Enforcing {
-        enforcer: Enforcer::new(config()),
-        view: state.worker_view(),
-        ports: vec![
-            PortContext { role: PortRole::Lan, peer_role: PortRole::Wan },
-            PortContext { role: PortRole::Wan, peer_role: PortRole::Lan },
-        ]
-        .into_boxed_slice(),
-        events: senders.remove(0),
-        gate: EventGate::new(64, 0),
-        now: 0,
-        seen: SeenMacs::new(16),
-        seen_flusher: flushers.remove(0),
-        counters: Arc::new(WorkerCounters::new(2)),
-    });
+    let (mut p, _events, _ex) = enforcing(&state, config(), Arc::new(WorkerCounters::new(2)));
     let f = out(GREEN, INTERNET, 443, b"");
     assert_eq!(p.verdict(&f, LAN), Verdict::Forward);
     writer.set_health(EndpointId(1), EndpointHealth::Red).unwrap();
@@ -336,24 +330,7 @@ fn a_health_change_takes_effect_on_the_next_packet() {
 
 #[test]
 fn seen_macs_reach_the_control_plane() {
-    let state = state();
-    let (mut senders, _events) = events::channel(1, 16);
-    let (mut flushers, ex) = seen_macs::exchange(1, 64);
-    let mut p = Pipeline::enforcing(Enforcing {
-        enforcer: Enforcer::new(config()),
-        view: state.worker_view(),
-        ports: vec![
-            PortContext { role: PortRole::Lan, peer_role: PortRole::Wan },
-            PortContext { role: PortRole::Wan, peer_role: PortRole::Lan },
-        ]
-        .into_boxed_slice(),
-        events: senders.remove(0),
-        gate: EventGate::new(64, 0),
-        now: 0,
-        seen: SeenMacs::new(64),
-        seen_flusher: flushers.remove(0),
-        counters: Arc::new(WorkerCounters::new(2)),
-    });
+    let (mut p, _events, ex) = enforcing(&state(), config(), Arc::new(WorkerCounters::new(2)));
     for ep in [GREEN, RED, MISSING, GREEN] {
         p.verdict(&out(ep, INTERNET, 443, b""), LAN);
     }

@@ -111,9 +111,9 @@ fn read(path: &Path) -> Result<String, FeedFileError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, FeedFileError> {
-    toml::from_str(text).map_err(|e| FeedFileError::Parse {
+    crate::toml_file::parse(text).map_err(|e| FeedFileError::Parse {
         path: path.to_owned(),
-        message: e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" "),
+        message: format!("line {}, column {}: {}{}", e.line, e.column, e.key, e.message),
     })
 }
 

@@ -21,3 +21,4 @@ pub mod indicators;
 pub mod policy;
 pub mod state;
 pub mod stats;
+pub mod toml_file;

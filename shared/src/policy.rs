@@ -295,21 +295,12 @@ impl Policy {
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, PolicyError> {
-        let deserializer = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let key = err.path().to_string();
-            let inner = err.into_inner();
-            let (line, column) = match inner.span() {
-                Some(span) => line_column(text, span.start),
-                None => (1, 1),
-            };
-            PolicyError::Parse {
-                path: origin.to_owned(),
-                line,
-                column,
-                key: if key.is_empty() || key == "." { String::new() } else { format!("key `{key}`: ") },
-                message: inner.message().replace('\n', " ").trim().to_owned(),
-            }
+        crate::toml_file::parse(text).map_err(|e| PolicyError::Parse {
+            path: origin.to_owned(),
+            line: e.line,
+            column: e.column,
+            key: e.key,
+            message: e.message,
         })
     }
 
@@ -422,13 +413,6 @@ impl Policy {
             default_action: self.default_action,
         })
     }
-}
-
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 fn compile_nets(place: &str, key: &str, list: &[String]) -> Result<NetList, PolicyError> {
