@@ -362,3 +362,48 @@ fn explain_asks_the_running_gateway() {
     signal(&child, libc::SIGTERM);
     assert!(wait_with_timeout(child, Duration::from_secs(30)).status.success());
 }
+
+#[test]
+fn reject_rules_answer_with_rst_and_icmp_out_of_the_ingress_port() {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let syn = {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(GREEN.0, GW)
+            .ipv4(GREEN.1, INTERNET, 64)
+            .tcp(40000, 23, 5000, 64240)
+            .syn()
+            .write(&mut f, &[])
+            .unwrap();
+        f
+    };
+    let tftp = udp(GREEN.0, GW, GREEN.1, INTERNET, 40001, 69, b"\x00\x01file\x00octet\x00");
+    let allowed = tcp(GREEN.0, GW, GREEN.1, INTERNET, 40002, 443, b"");
+    let bed = PcapBed::new(&[syn.clone(), tftp.clone(), allowed.clone()], &[]);
+    let d = bed.dir.path();
+    std::fs::write(
+        d.join("policy.toml"),
+        "default_action = \"accept\"\n[[zone]]\nname = \"lan\"\nrole = \"lan\"\n\
+         [[rule]]\nname = \"no telnet\"\nsource_zones = [\"lan\"]\nservices = [{ protocol = \"tcp\", ports = [23] }]\naction = \"reject\"\n\
+         [[rule]]\nname = \"no tftp\"\nsource_zones = [\"lan\"]\nservices = [{ protocol = \"udp\", ports = [69] }]\naction = \"reject\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("hbgw.toml"), format!("[enforcement]\npolicy = \"{}/policy.toml\"\n", d.display())).unwrap();
+    let out = run(&bed.args(false, &["--config", d.join("hbgw.toml").to_str().unwrap(), "--exit-on-idle", "1000"]), Duration::from_secs(60));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(read_pcap(&bed.path("wan_out.pcap")), vec![allowed], "only the allowed frame crosses");
+    let answers = read_pcap(&bed.path("lan_out.pcap"));
+    assert_eq!(answers.len(), 2, "one answer per rejected frame, back out of the LAN port");
+    let rst = SlicedPacket::from_ethernet(&answers[0]).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &rst.net else { panic!("{rst:?}") };
+    assert_eq!((ip.header().source(), ip.header().destination()), (INTERNET, GREEN.1));
+    let Some(TransportSlice::Tcp(t)) = &rst.transport else { panic!() };
+    assert!(t.rst() && t.ack());
+    assert_eq!((t.source_port(), t.destination_port(), t.acknowledgment_number()), (23, 40000, 5001));
+    let h = t.to_header();
+    assert_eq!(h.calc_checksum_ipv4(&ip.header().to_header(), &[]).unwrap(), h.checksum);
+    let icmp = SlicedPacket::from_ethernet(&answers[1]).unwrap();
+    let Some(TransportSlice::Icmpv4(i)) = &icmp.transport else { panic!("{icmp:?}") };
+    assert_eq!((i.type_u8(), i.code_u8()), (3, 13));
+    assert!(stdout.contains("policy_reject=2"), "{stdout}");
+}

@@ -20,6 +20,9 @@ pub struct PortCounters {
     pub tx: AtomicU64,
     /// Frames punted to the control plane.
     pub punted: AtomicU64,
+    /// Rejected frames answered (TCP RST / ICMP unreachable sent back out
+    /// of this port; also counted in `tx`).
+    pub rejects_answered: AtomicU64,
     /// Frames that arrived on the port and were dropped, by reason.
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Frames whose headers did not parse, by reason (dropped or not,

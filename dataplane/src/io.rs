@@ -26,6 +26,14 @@ pub trait PacketIo {
     /// The frame's bytes (the first segment of a chained buffer).
     fn frame(&self, pkt: &Self::Packet) -> &[u8];
 
+    /// The frame's buffer for rewriting in place: the frame followed by the
+    /// buffer's free tailroom (empty when the frame cannot be rewritten, e.g.
+    /// a chained buffer).
+    fn frame_room(&mut self, pkt: &Self::Packet) -> &mut [u8];
+
+    /// Sets the frame's length after a rewrite (at most the room's length).
+    fn set_frame_len(&mut self, pkt: &Self::Packet, len: usize);
+
     /// Returns frames to their pool.
     fn free(&mut self, pkts: &[Self::Packet]);
 
@@ -121,6 +129,19 @@ pub mod mem {
 
         fn frame(&self, pkt: &u32) -> &[u8] {
             self.slab[*pkt as usize].as_deref().expect("packet was freed")
+        }
+
+        fn frame_room(&mut self, pkt: &u32) -> &mut [u8] {
+            let v = self.slab[*pkt as usize].as_mut().expect("packet was freed");
+            // An mbuf's data room is 2048 bytes after the headroom.
+            if v.len() < 2048 {
+                v.resize(2048, 0);
+            }
+            v
+        }
+
+        fn set_frame_len(&mut self, pkt: &u32, len: usize) {
+            self.slab[*pkt as usize].as_mut().expect("packet was freed").truncate(len);
         }
 
         fn free(&mut self, pkts: &[u32]) {

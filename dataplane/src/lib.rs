@@ -15,6 +15,7 @@
 //!   frames freed and counted;
 //! * [`seen_macs`] — which source MACs sent traffic on which port, flushed
 //!   to the control plane for its missing-heartbeat timers;
+//! * [`reject`] — the TCP RST / ICMP unreachable answer of a `reject` rule;
 //! * [`synth`] — frame builders for tests, the traffic source and `explain`;
 //! * [`counters`] and [`latency`] — what a worker publishes for the control
 //!   plane: single-writer counters and an HDR histogram of processing latency.
@@ -32,6 +33,7 @@ pub mod io;
 pub mod latency;
 pub mod parse;
 pub mod pipeline;
+pub mod reject;
 pub mod seen_macs;
 pub mod synth;
 pub mod verdict;

@@ -16,6 +16,7 @@ use crate::counters::{bump, WorkerCounters};
 use crate::io::{PacketIo, PortId, QueueId};
 use crate::latency::LatencyRecorder;
 use crate::pipeline::{Pipeline, ETHERNET_HEADER_LEN};
+use crate::reject;
 use crate::verdict::{DropReason, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub struct Worker<I: PacketIo> {
     rx_buf: Box<[I::Packet]>,
     tx_buf: Box<[I::Packet]>,
     drop_buf: Box<[I::Packet]>,
+    reply_buf: Box<[I::Packet]>,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -79,6 +81,7 @@ impl<I: PacketIo> Worker<I> {
             rx_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
             tx_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
             drop_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
+            reply_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
             plan,
             io,
             pipeline,
@@ -159,6 +162,7 @@ impl<I: PacketIo> Worker<I> {
         self.pipeline.begin_burst(start);
         let mut to_tx = 0;
         let mut to_drop = 0;
+        let mut to_reply = 0;
         let mut drops = [0u64; DropReason::COUNT];
         for i in 0..n {
             let pkt = self.rx_buf[i];
@@ -166,6 +170,23 @@ impl<I: PacketIo> Worker<I> {
                 Verdict::Forward => {
                     self.tx_buf[to_tx] = pkt;
                     to_tx += 1;
+                }
+                Verdict::Drop(DropReason::PolicyReject) => {
+                    drops[DropReason::PolicyReject.index()] += 1;
+                    // Rewritten in place into its RST / ICMP answer, which goes
+                    // back out of the port the frame came in on.
+                    let len = self.io.frame(&pkt).len();
+                    match reject::answer(self.io.frame_room(&pkt), len) {
+                        Some(n) => {
+                            self.io.set_frame_len(&pkt, n);
+                            self.reply_buf[to_reply] = pkt;
+                            to_reply += 1;
+                        }
+                        None => {
+                            self.drop_buf[to_drop] = pkt;
+                            to_drop += 1;
+                        }
+                    }
                 }
                 Verdict::Drop(reason) => {
                     drops[reason.index()] += 1;
@@ -189,6 +210,14 @@ impl<I: PacketIo> Worker<I> {
         }
         if to_drop > 0 {
             self.io.free(&self.drop_buf[..to_drop]);
+        }
+        if to_reply > 0 {
+            let replied = self.io.tx_burst(a.rx_port, self.plan.tx_queue, &self.reply_buf[..to_reply]);
+            if replied < to_reply {
+                self.io.free(&self.reply_buf[replied..to_reply]);
+            }
+            bump(&self.counters.port(a.rx_slot).tx, replied as u64);
+            bump(&self.counters.port(a.rx_slot).rejects_answered, replied as u64);
         }
         self.account(a, start, n, sent, &drops);
         n

@@ -63,6 +63,32 @@ impl PacketIo for DpdkIo {
         }
     }
 
+    fn frame_room(&mut self, pkt: &Mbuf) -> &mut [u8] {
+        // SAFETY: as in `frame`; this worker owns the mbuf exclusively until
+        // it is sent or freed, so a mutable view of its single segment's
+        // buffer (data_off up to buf_len) aliases nothing. Chained mbufs get
+        // an empty room: their frame is not contiguous.
+        unsafe {
+            let m = &mut *pkt.0;
+            if m.nb_segs != 1 {
+                return &mut [];
+            }
+            let off = usize::from(m.data_off);
+            std::slice::from_raw_parts_mut((m.buf_addr as *mut u8).add(off), usize::from(m.buf_len).saturating_sub(off))
+        }
+    }
+
+    fn set_frame_len(&mut self, pkt: &Mbuf, len: usize) {
+        // SAFETY: the mbuf is owned by this worker; the caller wrote `len`
+        // bytes within the room `frame_room` returned (single segment), so
+        // data_len and pkt_len both become `len`.
+        unsafe {
+            let m = &mut *pkt.0;
+            m.data_len = len as u16;
+            m.pkt_len = len as u32;
+        }
+    }
+
     #[inline]
     fn free(&mut self, pkts: &[Mbuf]) {
         // SAFETY: every pointer is owned by this worker and freed once: the
