@@ -46,6 +46,9 @@ use std::time::{Duration, Instant};
 
 /// How often a worker hands its latency histogram to the control plane.
 const LATENCY_FLUSH: Duration = Duration::from_millis(100);
+/// The exception path's TAP device (DPDK's name for it).
+const EXCEPTION_VDEV: &str = "net_tap_exception0";
+
 /// How often the main lcore checks for a stop condition.
 const MAIN_POLL: Duration = Duration::from_millis(20);
 /// Distinct (source MAC, port) pairs a worker records per flush period.
@@ -299,7 +302,11 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
     } else {
         None
     };
-    let args = eal_args(&user_eal, demo.as_ref().map_or(&[][..], |d| &d.vdev_args[..]));
+    let mut extra_vdevs: Vec<String> = demo.as_ref().map_or(Vec::new(), |d| d.vdev_args.clone());
+    if let Some(exc) = &cfg.exception {
+        extra_vdevs.push(format!("--vdev={EXCEPTION_VDEV},iface={},mac={}", exc.tap, exc.mac));
+    }
+    let args = eal_args(&user_eal, &extra_vdevs);
     if cfg.bridges.is_empty() {
         // Validated after EAL: ports may be paired in the order EAL probed them.
         let mut probe = cfg.clone();
@@ -312,10 +319,20 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
     // Policy, feed and endpoints are loaded before EAL starts: a bad file
     // stops the gateway before it touches a port. The heartbeat service needs
     // the enforcing pipeline (its seen-MAC reports), so it implies one.
-    if cfg.heartbeat.is_some() && cfg.enforcement.is_none() {
+    if (cfg.heartbeat.is_some() || cfg.exception.is_some()) && cfg.enforcement.is_none() {
         cfg.enforcement = Some(EnforcementSection::default());
     }
-    let loaded = cfg.enforcement.as_ref().map(load_enforcement).transpose()?;
+    let mut loaded = cfg.enforcement.as_ref().map(load_enforcement).transpose()?;
+    if let (Some(exc), Some(l)) = (&cfg.exception, loaded.as_mut()) {
+        // The exception path's addresses are the gateway's own: punt them.
+        for a in &exc.addresses {
+            if let Some(ip) = a.split_once('/').and_then(|(ip, _)| ip.parse().ok()) {
+                if !l.config.gateway_ips.contains(&ip) {
+                    l.config.gateway_ips.push(ip);
+                }
+            }
+        }
+    }
     let heartbeat = match (&cfg.heartbeat, &loaded) {
         (Some(section), Some(l)) => Some(heartbeat_setup(section, l)?),
         _ => None,
@@ -336,7 +353,7 @@ fn run_with_eal(
     heartbeat: Option<HeartbeatSetup>,
 ) -> Result<()> {
     if cfg.bridges.is_empty() {
-        let ports = crate::dpdk::port::available();
+        let ports: Vec<_> = crate::dpdk::port::available().into_iter().filter(|p| p.name != EXCEPTION_VDEV).collect();
         if ports.is_empty() || ports.len() % 2 != 0 {
             bail!(
                 "no bridge configured and EAL found {} port(s), which cannot be paired: name the pairs with --port-pair LAN,WAN or [[bridge]] in the config",
@@ -366,6 +383,22 @@ fn run_with_eal(
         }
     }
 
+    let bridge_ports = ports.len();
+    // The exception path: the TAP port comes after the bridges' ports.
+    let exception = match &cfg.exception {
+        Some(exc) => {
+            let port = Port::find(EXCEPTION_VDEV).map_err(|e| anyhow!(e))?;
+            let out_slot = infos.iter().position(|i| i.role == exc.port).ok_or_else(|| {
+                anyhow!("exception.port `{}` is not a bridge port: use one of lan0, wan0, ... (there are {} bridges)", exc.port, cfg.bridges.len())
+            })?;
+            let slot = ports.len();
+            infos.push(PortInfo { slot, port_id: port.id, name: exc.tap.clone(), role: "exception".into() });
+            ports.push(port);
+            Some((slot, out_slot, exc.clone()))
+        }
+        None => None,
+    };
+
     let pool = Mempool::new("hbgw_pkt", dp.mempool_size, dp.mempool_cache).map_err(|e| anyhow!(e))?;
     let setup = PortSetup {
         rx_queues: dp.rx_queues,
@@ -374,7 +407,8 @@ fn run_with_eal(
         tx_descriptors: dp.tx_descriptors,
     };
     let mut need = 0u64;
-    for p in &ports {
+    for (slot, p) in ports.iter().enumerate() {
+        let setup = if slot >= bridge_ports { PortSetup { rx_queues: 1, ..setup } } else { setup };
         let outcome = p.setup(setup, &pool).map_err(|e| anyhow!(e))?;
         need += u64::from(outcome.rx_descriptors) * u64::from(dp.rx_queues)
             + u64::from(outcome.tx_descriptors) * nworkers as u64;
@@ -400,10 +434,17 @@ fn run_with_eal(
     let mut plans: Vec<WorkerPlan> = lcores
         .iter()
         .enumerate()
-        .map(|(id, &lcore)| WorkerPlan { id, lcore, tx_queue: id as u16, burst_size: usize::from(dp.burst_size), rx: vec![] })
+        .map(|(id, &lcore)| WorkerPlan {
+            id,
+            lcore,
+            tx_queue: id as u16,
+            burst_size: usize::from(dp.burst_size),
+            rx: vec![],
+            punt: exception.as_ref().map(|(slot, _, _)| (ports[*slot].id, *slot)),
+        })
         .collect();
     let mut next = 0;
-    for (slot, p) in ports.iter().enumerate() {
+    for (slot, p) in ports.iter().enumerate().take(bridge_ports) {
         let peer_slot = slot ^ 1;
         for q in 0..dp.rx_queues {
             plans[next % nworkers].rx.push(RxAssignment {
@@ -412,16 +453,28 @@ fn run_with_eal(
                 rx_slot: slot,
                 tx_port: ports[peer_slot].id,
                 tx_slot: peer_slot,
+                bypass: false,
             });
             next += 1;
         }
+    }
+    if let Some((slot, out_slot, _)) = &exception {
+        // The kernel's replies, from the TAP to the wire, unchecked.
+        plans[0].rx.push(RxAssignment {
+            rx_port: ports[*slot].id,
+            rx_queue: 0,
+            rx_slot: *slot,
+            tx_port: ports[*out_slot].id,
+            tx_slot: *out_slot,
+            bypass: true,
+        });
     }
     if let Some(idle) = plans.iter().find(|p| p.rx.is_empty()) {
         bail!(
             "worker on lcore {} would have no rx queue to poll ({} workers, {} queues): raise dataplane.rx_queues or use fewer workers",
             idle.lcore,
             nworkers,
-            ports.len() * usize::from(dp.rx_queues)
+            bridge_ports * usize::from(dp.rx_queues)
         );
     }
 
@@ -429,6 +482,7 @@ fn run_with_eal(
     let flush_cycles = (hz as f64 * LATENCY_FLUSH.as_secs_f64()) as u64;
     let (recorders, exchange) = latency::exchange(nworkers, hz, flush_cycles);
     let counters: Vec<Arc<WorkerCounters>> = (0..nworkers).map(|_| Arc::new(WorkerCounters::new(ports.len()))).collect();
+    let infos_roles: Vec<String> = infos.iter().map(|i| i.role.clone()).collect();
     let aggregator = StatsAggregator::new(
         infos,
         plans
@@ -484,7 +538,7 @@ fn run_with_eal(
                 ),
                 None => None,
             };
-            let roles: Vec<String> = (0..ports.len()).map(port_role_name).collect();
+            let roles: Vec<String> = infos_roles.clone();
             let explainer = Arc::new(Explainer::new(
                 l.state.clone(),
                 l.config.clone(),
@@ -512,6 +566,15 @@ fn run_with_eal(
 
     for p in &ports {
         p.start().map_err(|e| anyhow!(e))?;
+    }
+    if let Some((_, out_slot, exc)) = &exception {
+        configure_tap(exc)?;
+        tracing::info!(
+            "exception path: frames for {} go to kernel interface {}; its replies leave by {}",
+            exc.addresses.join(", "),
+            exc.tap,
+            infos_roles[*out_slot]
+        );
     }
 
     let live = match app.live {
@@ -585,6 +648,59 @@ fn run_with_eal(
     println!("{}", report.render_table());
     if let Some(e) = launch_error {
         bail!(e);
+    }
+    Ok(())
+}
+
+/// Brings the TAP interface up with the gateway's addresses (once, at start,
+/// from the main lcore: never a worker's business).
+fn configure_tap(exc: &hbgw_shared::config::ExceptionSection) -> Result<()> {
+    let ip = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("ip").args(args).output().map_err(|e| {
+            anyhow!("cannot run `ip` to configure {}: {e}: install iproute2", exc.tap)
+        })?;
+        if !out.status.success() {
+            bail!(
+                "`ip {}` failed: {}: check that hbgw runs as root and the address is free",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    // Refuse an address this namespace already uses elsewhere: the kernel
+    // would route the gateway's own replies out of that other interface.
+    for a in &exc.addresses {
+        let ip_only = a.split_once('/').map_or(a.as_str(), |(ip, _)| ip);
+        let out = std::process::Command::new("ip").args(["-o", "addr", "show", "to", ip_only]).output();
+        if let Ok(out) = out {
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(line) = text.lines().find(|l| !l.contains(&format!(" {} ", exc.tap))) {
+                let dev = line.split_whitespace().nth(1).unwrap_or("?");
+                bail!(
+                    "exception.addresses: {ip_only} is already on interface {dev}: give the gateway an address of its own, or run it in its own network namespace"
+                );
+            }
+        }
+        let net_clash = std::process::Command::new("ip").args(["-o", "route", "show", "match", ip_only]).output();
+        if let Ok(out) = net_clash {
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(line) = text.lines().find(|l| l.contains(" dev ") && !l.starts_with("default") && !l.contains(&format!("dev {} ", exc.tap))) {
+                bail!(
+                    "exception.addresses: {a} overlaps a network this host already reaches directly ({}): pick another network for the gateway, or run it in its own network namespace",
+                    line.trim()
+                );
+            }
+        }
+    }
+    // Only the configured addresses: no IPv6 autoconfiguration chatter on the wire.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", exc.tap), "1");
+    ip(&["link", "set", "dev", &exc.tap, "up"])?;
+    for a in &exc.addresses {
+        if a.contains(':') {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", exc.tap), "0");
+        }
+        ip(&["addr", "add", a, "dev", &exc.tap])?;
     }
     Ok(())
 }

@@ -34,6 +34,9 @@ pub struct RxAssignment {
     pub tx_port: PortId,
     /// `tx_port`'s slot in the counters.
     pub tx_slot: usize,
+    /// Forward without deciding: the exception path's return direction (the
+    /// kernel's own frames, from its TAP interface to the wire).
+    pub bypass: bool,
 }
 
 /// What one worker does.
@@ -49,7 +52,15 @@ pub struct WorkerPlan {
     pub burst_size: usize,
     /// The rx queues it owns.
     pub rx: Vec<RxAssignment>,
+    /// Where punted frames go (the exception path's TAP port and its slot);
+    /// `None`: punted frames are dropped as `no_exception_path`.
+    pub punt: Option<(PortId, usize)>,
 }
+
+/// A bypass (exception-path) queue is polled once every this many passes:
+/// a TAP device's rx_burst is a read() syscall even when empty, which the
+/// data queues must not pay for on every pass.
+pub const BYPASS_POLL_EVERY: u32 = 64;
 
 /// Polls between two idle-time flush checks when no traffic arrives.
 const IDLE_POLLS_PER_CLOCK_CHECK: u32 = 256;
@@ -65,6 +76,8 @@ pub struct Worker<I: PacketIo> {
     tx_buf: Box<[I::Packet]>,
     drop_buf: Box<[I::Packet]>,
     reply_buf: Box<[I::Packet]>,
+    punt_buf: Box<[I::Packet]>,
+    passes: u32,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -82,6 +95,8 @@ impl<I: PacketIo> Worker<I> {
             tx_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
             drop_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
             reply_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
+            punt_buf: vec![I::Packet::default(); burst].into_boxed_slice(),
+            passes: 0,
             plan,
             io,
             pipeline,
@@ -124,8 +139,13 @@ impl<I: PacketIo> Worker<I> {
     #[inline]
     pub fn poll_once(&mut self) -> usize {
         let mut received = 0;
+        self.passes = self.passes.wrapping_add(1);
+        let bypass_turn = self.passes % BYPASS_POLL_EVERY == 0;
         for i in 0..self.plan.rx.len() {
             let a = self.plan.rx[i];
+            if a.bypass && !bypass_turn {
+                continue;
+            }
             received += self.process_queue(a);
         }
         received
@@ -142,7 +162,7 @@ impl<I: PacketIo> Worker<I> {
         // The plain bridge's fast path: every frame long enough is forwarded
         // unchanged, so when none is a runt the burst goes out as received,
         // with no copy between arrays (measured: ~5% of the bridge's rate).
-        if self.pipeline.is_bridge() {
+        if a.bypass || self.pipeline.is_bridge() {
             let mut runts = 0;
             for pkt in &self.rx_buf[..n] {
                 runts += usize::from(self.io.frame(pkt).len() < ETHERNET_HEADER_LEN);
@@ -163,6 +183,7 @@ impl<I: PacketIo> Worker<I> {
         let mut to_tx = 0;
         let mut to_drop = 0;
         let mut to_reply = 0;
+        let mut to_punt = 0;
         let mut drops = [0u64; DropReason::COUNT];
         for i in 0..n {
             let pkt = self.rx_buf[i];
@@ -193,9 +214,13 @@ impl<I: PacketIo> Worker<I> {
                     self.drop_buf[to_drop] = pkt;
                     to_drop += 1;
                 }
+                Verdict::Punt if self.plan.punt.is_some() => {
+                    self.punt_buf[to_punt] = pkt;
+                    to_punt += 1;
+                }
                 Verdict::Punt => {
-                    // No exception path is attached to the worker yet: the
-                    // frame is dropped and counted, never silently lost.
+                    // No exception path is configured: the frame is dropped
+                    // and counted, never silently lost.
                     drops[DropReason::NoExceptionPath.index()] += 1;
                     self.drop_buf[to_drop] = pkt;
                     to_drop += 1;
@@ -210,6 +235,15 @@ impl<I: PacketIo> Worker<I> {
         }
         if to_drop > 0 {
             self.io.free(&self.drop_buf[..to_drop]);
+        }
+        if let (Some((tap, tap_slot)), true) = (self.plan.punt, to_punt > 0) {
+            let punted = self.io.tx_burst(tap, self.plan.tx_queue, &self.punt_buf[..to_punt]);
+            if punted < to_punt {
+                drops[DropReason::NoExceptionPath.index()] += (to_punt - punted) as u64;
+                self.io.free(&self.punt_buf[punted..to_punt]);
+            }
+            bump(&self.counters.port(a.rx_slot).punted, punted as u64);
+            bump(&self.counters.port(tap_slot).tx, punted as u64);
         }
         if to_reply > 0 {
             let replied = self.io.tx_burst(a.rx_port, self.plan.tx_queue, &self.reply_buf[..to_reply]);
@@ -264,9 +298,10 @@ mod tests {
             lcore: 1,
             tx_queue: 0,
             burst_size: burst,
+            punt: None,
             rx: vec![
-                RxAssignment { rx_port: LAN, rx_queue: 0, rx_slot: 0, tx_port: WAN, tx_slot: 1 },
-                RxAssignment { rx_port: WAN, rx_queue: 0, rx_slot: 1, tx_port: LAN, tx_slot: 0 },
+                RxAssignment { rx_port: LAN, rx_queue: 0, rx_slot: 0, tx_port: WAN, tx_slot: 1, bypass: false },
+                RxAssignment { rx_port: WAN, rx_queue: 0, rx_slot: 1, tx_port: LAN, tx_slot: 0, bypass: false },
             ],
         };
         let counters = Arc::new(WorkerCounters::new(2));

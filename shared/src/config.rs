@@ -48,6 +48,39 @@ pub struct Config {
     /// Security Heartbeat: the TLS service endpoints report their health to.
     /// Absent: no heartbeat service (health comes from `[enforcement] endpoints`).
     pub heartbeat: Option<HeartbeatSection>,
+    /// The exception path: frames for the gateway's own addresses go to a
+    /// kernel TAP interface, and the kernel's replies out of a data port.
+    pub exception: Option<ExceptionSection>,
+}
+
+fn default_exception_port() -> String {
+    "lan0".into()
+}
+
+/// `[exception]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionSection {
+    /// The kernel interface name (at most 15 characters), e.g. `hbgw0`.
+    pub tap: String,
+    /// The gateway's addresses, with prefix length (`192.0.2.1/24`): set on
+    /// the interface, and every frame for them (ARP, ICMP, TCP 8347, the admin
+    /// port) is handed to the kernel.
+    pub addresses: Vec<String>,
+    /// The data port the kernel's frames leave by (`lan0`, `wan0`, ...).
+    #[serde(default = "default_exception_port")]
+    pub port: String,
+    /// The interface's MAC (what endpoints learn by ARP for the gateway's
+    /// addresses); a fixed locally administered address by default.
+    #[serde(default = "default_exception_mac")]
+    pub mac: String,
+}
+
+/// The exception interface's default MAC ("hbgw" in a locally administered address).
+pub const DEFAULT_EXCEPTION_MAC: &str = "02:68:62:67:77:01";
+
+fn default_exception_mac() -> String {
+    DEFAULT_EXCEPTION_MAC.into()
 }
 
 fn default_heartbeat_listen() -> std::net::SocketAddr {
@@ -376,6 +409,26 @@ impl Config {
                         format!("uses port `{name}` a second time"),
                         "each port belongs to exactly one bridge, on one side",
                     ));
+                }
+            }
+        }
+        if let Some(e) = &self.exception {
+            if e.tap.is_empty() || e.tap.len() > 15 || !e.tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(invalid("exception.tap", format!("is {:?}", e.tap), "name a kernel interface of 1 to 15 letters, digits, '-' or '_'"));
+            }
+            let mac_ok = e.mac.split(':').count() == 6 && e.mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
+            if !mac_ok {
+                return Err(invalid("exception.mac", format!("is {:?}", e.mac), "write six hex bytes, e.g. 02:68:62:67:77:01"));
+            }
+            if e.addresses.is_empty() {
+                return Err(invalid("exception.addresses", "is empty".into(), "give the gateway's address, e.g. [\"192.0.2.1/24\"]"));
+            }
+            for a in &e.addresses {
+                let ok = a.split_once('/').is_some_and(|(ip, len)| {
+                    ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+                });
+                if !ok {
+                    return Err(invalid("exception.addresses", format!("has {a:?}"), "write ADDRESS/PREFIX, e.g. 192.0.2.1/24"));
                 }
             }
         }
