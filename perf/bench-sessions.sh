@@ -62,7 +62,9 @@ wait_all() { # prints seconds until all n are connected
 }
 
 rss0=$(rss)
-target/release/hbgw-endpoint-sim run --endpoints "$n" --dir "$out/pki" --gateway "127.0.0.1:$port" --lists none > "$out/sim.log" 2>&1 &
+# The fleet powers on at a ramp (RAMP endpoints/s); the storm below comes back all at once,
+# each endpoint retrying with jittered exponential backoff.
+target/release/hbgw-endpoint-sim run --endpoints "$n" --dir "$out/pki" --gateway "127.0.0.1:$port" --lists none --ramp "${RAMP:-1000}" > "$out/sim.log" 2>&1 &
 sim=$!
 t_connect=$(wait_all)
 sleep 5
@@ -89,6 +91,8 @@ if [ "$record" = 1 ]; then
         echo
         echo "Command: \`perf/bench-sessions.sh $n\` ($(nproc) cores; the simulator, the gateway's control-plane thread"
         echo "and its main lcore share core 0 and the OS schedules them; the worker spins on lcore 1; 15 s heartbeats, TLS 1.3)."
+        echo
+        echo "Fleet start ramped at ${RAMP:-1000} endpoints/s; the storm reconnects all at once with jittered exponential backoff."
         echo
         echo "| sessions | all connected after | reconnect storm (handshakes/s) | control-plane thread CPU while heartbeating | gateway memory for the sessions |"
         echo "|---|---|---|---|---|"

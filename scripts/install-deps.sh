@@ -2,7 +2,8 @@
 # Install what building, running and testing hbgw needs, from Debian's packages:
 # DPDK 22.11 (libdpdk-dev: headers, libraries and the PMDs; dpdk-dev: dpdk-testpmd
 # for benchmarks), clang/libclang for bindgen, pkg-config, openssl (a real TLS
-# peer for the heartbeat tests), and the Rust toolchain check. Idempotent: does nothing when everything is present.
+# peer for the heartbeat tests), slapd and ldap-utils (a real OpenLDAP server for
+# the heartbeat user-directory test), and the Rust toolchain check. Idempotent: does nothing when everything is present.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,8 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux
 command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 command -v ip >/dev/null || need+=(iproute2)
+test -x /usr/sbin/slapd || command -v slapd >/dev/null || need+=(slapd)
+command -v ldapsearch >/dev/null || need+=(ldap-utils)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -77,6 +77,10 @@ enum Command {
         /// Offer TLS 1.2 too.
         #[arg(long)]
         tls12: bool,
+        /// Start at most this many endpoints per second (a fleet powering on
+        /// over time); default: all at once.
+        #[arg(long, value_name = "PER_SECOND")]
+        ramp: Option<f64>,
     },
 }
 
@@ -167,7 +171,17 @@ fn sim_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 77, (n >> 8) as u8, n as u8))
 }
 
+/// A deterministic jitter in [0, 1) per endpoint and attempt.
+fn jitter(index: usize, attempt: u32) -> f64 {
+    let mut x = (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
 struct Sim {
+    ramp: Option<f64>,
+    quiet: bool,
     index: usize,
     name: String,
     gateway: SocketAddr,
@@ -188,6 +202,11 @@ impl Sim {
         let mut silent = false;
         let mut wanted = true;
         let mut users: Vec<UserAccount> = Vec::new();
+        let mut failures = 0u32;
+        // Spread the first connections at the configured ramp rate.
+        if let Some(rate) = self.ramp {
+            sleep(Duration::from_secs_f64(self.index as f64 / rate.max(1.0))).await;
+        }
         loop {
             if !wanted {
                 match commands.recv().await {
@@ -203,10 +222,20 @@ impl Sim {
                 continue;
             }
             let mut conn = match EndpointConnection::connect(self.gateway, &self.server_name, self.tls.clone()).await {
-                Ok(c) => c,
+                Ok(c) => {
+                    failures = 0;
+                    c
+                }
                 Err(e) => {
-                    println!("{} {}: connect failed: {e}; retrying in 2 s", stamp(self.start), self.name);
-                    sleep(Duration::from_secs(2)).await;
+                    // Exponential backoff with jitter, as real agents do: a fleet
+                    // retrying in lockstep is a self-inflicted flood.
+                    failures = (failures + 1).min(5);
+                    let base = 2f64.powi(failures as i32).min(30.0);
+                    let wait = base * (0.5 + jitter(self.index, failures));
+                    if !self.quiet {
+                        println!("{} {}: connect failed: {e}; retrying in {wait:.1} s", stamp(self.start), self.name);
+                    }
+                    sleep(Duration::from_secs_f64(wait)).await;
                     continue;
                 }
             };
@@ -316,7 +345,7 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { dir, endpoints, gateway, server_name, script, duration, ioc_process, lists, tls12 } => {
+        Command::Run { dir, endpoints, gateway, server_name, script, duration, ioc_process, lists, tls12, ramp } => {
             let events = parse_script(&script, endpoints)?;
             let ca = std::fs::read(dir.join("ca.pem"))
                 .with_context(|| format!("cannot read {}/ca.pem: run `hbgw-endpoint-sim certs --dir {}` first", dir.display(), dir.display()))?;
@@ -333,6 +362,8 @@ async fn main() -> Result<()> {
                 let (tx, rx) = mpsc::channel(16);
                 senders.push(tx);
                 let sim = Sim {
+                    ramp,
+                    quiet: endpoints > 1000,
                     index: i,
                     name,
                     gateway,
