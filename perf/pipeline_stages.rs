@@ -14,16 +14,11 @@
 //! measured under DPDK (perf/bench-enforce.sh).
 
 use hbgw::gateway::{load_enforcement, port_context};
-use hbgw_dataplane::counters::WorkerCounters;
-use hbgw_dataplane::enforce::Enforcer;
-use hbgw_dataplane::events::{self, EventGate};
 use hbgw_dataplane::parse::parse_frame;
-use hbgw_dataplane::pipeline::{Enforcing, Pipeline};
-use hbgw_dataplane::seen_macs::{self, SeenMacs};
+use hbgw_dataplane::pipeline::{Pipeline, Standalone};
 use hbgw_shared::config::EnforcementSection;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 const TARGET_PACKETS: usize = 20_000_000;
@@ -61,19 +56,7 @@ fn measure(frames: &[Vec<u8>], mut step: impl FnMut(&[u8], u64)) -> (f64, f64) {
 
 fn pipeline(section: &EnforcementSection) -> (Pipeline, hbgw_shared::endpoint::EndpointTableWriter) {
     let loaded = load_enforcement(section).expect("state loads");
-    let (mut senders, _rx) = events::channel(1, 1024);
-    let (mut flushers, _ex) = seen_macs::exchange(1, 65536);
-    let p = Pipeline::enforcing(Enforcing {
-        enforcer: Enforcer::new(loaded.config.clone()),
-        view: loaded.state.worker_view(),
-        ports: vec![port_context(0), port_context(1)].into_boxed_slice(),
-        events: senders.remove(0),
-        gate: EventGate::new(4096, 1 << 40),
-        now: 0,
-        seen: SeenMacs::new(65536),
-        seen_flusher: flushers.remove(0),
-        counters: Arc::new(WorkerCounters::new(2)),
-    });
+    let p = Standalone::new(&loaded.state, loaded.config.clone(), vec![port_context(0), port_context(1)], 1 << 40).pipeline;
     (p, loaded.writer)
 }
 

@@ -11,11 +11,8 @@
 //! not rx/tx; in a running gateway a burst also waits for rx_burst.
 
 use hbgw::gateway::port_context;
-use hbgw_dataplane::counters::WorkerCounters;
-use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer};
-use hbgw_dataplane::events::{self, EventGate};
-use hbgw_dataplane::pipeline::{Enforcing, Pipeline};
-use hbgw_dataplane::seen_macs::{self, SeenMacs};
+use hbgw_dataplane::enforce::EnforcementConfig;
+use hbgw_dataplane::pipeline::Standalone;
 use hbgw_dataplane::synth::tcp;
 use hbgw_dataplane::verdict::Verdict;
 use hbgw_shared::endpoint::{Endpoint, EndpointHealth, EndpointId, EndpointInterface, MacAddr};
@@ -52,19 +49,7 @@ fn main() {
     let worker = {
         let (stop, dropped_at, state) = (stop.clone(), dropped_at.clone(), state.clone());
         std::thread::spawn(move || {
-            let (mut senders, _rx) = events::channel(1, 64);
-            let (mut flushers, _ex) = seen_macs::exchange(1, 16);
-            let mut p = Pipeline::enforcing(Enforcing {
-                enforcer: Enforcer::new(EnforcementConfig::default()),
-                view: state.worker_view(),
-                ports: vec![port_context(0), port_context(1)].into_boxed_slice(),
-                events: senders.remove(0),
-                gate: EventGate::new(64, u64::MAX),
-                now: 0,
-                seen: SeenMacs::new(16),
-                seen_flusher: flushers.remove(0),
-                counters: Arc::new(WorkerCounters::new(2)),
-            });
+            let mut p = Standalone::new(&state, EnforcementConfig::default(), vec![port_context(0), port_context(1)], u64::MAX).pipeline;
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..32 {
                     if p.verdict(&frame, 0) != Verdict::Forward && dropped_at.load(Ordering::Relaxed) == 0 {

@@ -30,6 +30,21 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs hbgw with `args` inside the namespace, to completion.
+    fn run_hbgw(&self, args: Vec<String>) -> std::process::Output {
+        let mut all: Vec<String> = vec!["netns".into(), "exec".into(), self.0.clone(), HBGW.into()];
+        all.extend(args);
+        let child = std::process::Command::new("ip")
+            .args(&all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_with_timeout(child, Duration::from_secs(60))
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).output();
@@ -71,15 +86,7 @@ fn frames_for_the_gateway_reach_the_kernel_and_its_answers_the_wire() {
     let cfg = bed.path("hbgw.toml");
     std::fs::write(&cfg, format!("[exception]\ntap = \"{tap}\"\naddresses = [\"198.18.77.1/24\"]\nport = \"lan0\"\n")).unwrap();
     let ns = Netns::new(&format!("hbgw-test-{}", std::process::id()));
-    let mut args: Vec<String> = vec!["netns".into(), "exec".into(), ns.0.clone(), HBGW.into()];
-    args.extend(bed.args(false, &["--config", cfg.to_str().unwrap(), "--exit-on-idle", "2000"]));
-    let child = std::process::Command::new("ip")
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_with_timeout(child, Duration::from_secs(60));
+    let out = ns.run_hbgw(bed.args(false, &["--config", cfg.to_str().unwrap(), "--exit-on-idle", "2000"]));
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("exception path"), "{stderr}");
@@ -124,15 +131,7 @@ fn an_address_on_a_network_the_host_already_reaches_is_refused() {
     let bed = PcapBed::new(&frames(2, 1), &[]);
     let cfg = bed.path("hbgw.toml");
     std::fs::write(&cfg, "[exception]\ntap = \"hbgwclash0\"\naddresses = [\"198.18.79.1/24\"]\n").unwrap();
-    let mut args: Vec<String> = vec!["netns".into(), "exec".into(), ns.0.clone(), HBGW.into()];
-    args.extend(bed.args(false, &["--config", cfg.to_str().unwrap(), "--exit-on-idle", "500"]));
-    let child = std::process::Command::new("ip")
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_with_timeout(child, Duration::from_secs(60));
+    let out = ns.run_hbgw(bed.args(false, &["--config", cfg.to_str().unwrap(), "--exit-on-idle", "500"]));
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     let line = stderr.lines().find(|l| l.starts_with("hbgw: ")).unwrap_or_default();

@@ -159,9 +159,46 @@ fn tap(ctx: &Enforcing, tap_mode: bool, slot: usize, reason: DropReason) -> Verd
     }
 }
 
-/// A default enforcement configuration (for tests and the built-in default).
-pub fn default_enforcement() -> EnforcementConfig {
-    EnforcementConfig::default()
+/// An enforcing pipeline on its own, with the channels a gateway would wire
+/// to the control plane: for tests, benchmarks and tools that drive one
+/// pipeline directly.
+pub struct Standalone {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Its events.
+    pub events: crossbeam_channel::Receiver<crate::events::WorkerEvent>,
+    /// Its seen-MAC reports.
+    pub seen_macs: crate::seen_macs::SeenMacsExchange,
+    /// Its counters.
+    pub counters: Arc<WorkerCounters>,
+}
+
+impl Standalone {
+    /// An enforcing pipeline over `state` for ports with these contexts;
+    /// identical events within `gate_window` cycles are folded (0: none).
+    pub fn new(
+        state: &hbgw_shared::state::GatewayState,
+        config: EnforcementConfig,
+        ports: Vec<PortContext>,
+        gate_window: u64,
+    ) -> Standalone {
+        const CAPACITY: usize = 65_536;
+        let (mut senders, events) = crate::events::channel(1, CAPACITY);
+        let (mut flushers, seen_macs) = crate::seen_macs::exchange(1, CAPACITY);
+        let counters = Arc::new(WorkerCounters::new(ports.len()));
+        let pipeline = Pipeline::enforcing(Enforcing {
+            enforcer: Enforcer::new(config),
+            view: state.worker_view(),
+            ports: ports.into_boxed_slice(),
+            events: senders.remove(0),
+            gate: EventGate::new(4096, gate_window),
+            now: 0,
+            seen: SeenMacs::new(CAPACITY),
+            seen_flusher: flushers.remove(0),
+            counters: counters.clone(),
+        });
+        Standalone { pipeline, events, seen_macs, counters }
+    }
 }
 
 #[cfg(test)]

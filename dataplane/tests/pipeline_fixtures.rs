@@ -8,10 +8,9 @@
 
 mod common;
 use common::*;
-use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer, LateralMovement, MalformedAction, PortContext};
-use hbgw_dataplane::events::{self, EventGate, EventKind, ThreatModule, WorkerEvent};
-use hbgw_dataplane::pipeline::{Enforcing, Pipeline};
-use hbgw_dataplane::seen_macs::{self, SeenMacs};
+use hbgw_dataplane::enforce::{EnforcementConfig, LateralMovement, MalformedAction, PortContext};
+use hbgw_dataplane::events::{EventKind, ThreatModule, WorkerEvent};
+use hbgw_dataplane::pipeline::{Pipeline, Standalone};
 use hbgw_dataplane::verdict::{DropReason, Verdict};
 use hbgw_dataplane::counters::WorkerCounters;
 use hbgw_shared::endpoint::{Endpoint, EndpointHealth, EndpointId, EndpointInterface, MacAddr};
@@ -122,37 +121,19 @@ struct Bed {
     counters: Arc<WorkerCounters>,
 }
 
-/// An enforcing pipeline over `state` on a LAN/WAN pair, with its event
-/// channel and seen-MAC exchange (the gate folds nothing: window 0).
-fn enforcing(
-    state: &GatewayState,
-    config: EnforcementConfig,
-    counters: Arc<WorkerCounters>,
-) -> (Pipeline, crossbeam_channel::Receiver<WorkerEvent>, seen_macs::SeenMacsExchange) {
-    let (mut senders, events) = events::channel(1, 1024);
-    let (mut flushers, exchange) = seen_macs::exchange(1, 1024);
-    let pipeline = Pipeline::enforcing(Enforcing {
-        enforcer: Enforcer::new(config),
-        view: state.worker_view(),
-        ports: vec![
-            PortContext { role: PortRole::Lan, peer_role: PortRole::Wan },
-            PortContext { role: PortRole::Wan, peer_role: PortRole::Lan },
-        ]
-        .into_boxed_slice(),
-        events: senders.remove(0),
-        gate: EventGate::new(64, 0),
-        now: 0,
-        seen: SeenMacs::new(1024),
-        seen_flusher: flushers.remove(0),
-        counters,
-    });
-    (pipeline, events, exchange)
+/// An enforcing pipeline over `state` on a LAN/WAN pair (the gate folds
+/// nothing: window 0).
+fn enforcing(state: &GatewayState, config: EnforcementConfig) -> Standalone {
+    let ports = vec![
+        PortContext { role: PortRole::Lan, peer_role: PortRole::Wan },
+        PortContext { role: PortRole::Wan, peer_role: PortRole::Lan },
+    ];
+    Standalone::new(state, config, ports, 0)
 }
 
 fn bed(config: EnforcementConfig) -> Bed {
-    let counters = Arc::new(WorkerCounters::new(2));
-    let (pipeline, events, _ex) = enforcing(&state(), config, counters.clone());
-    Bed { pipeline, events, counters }
+    let s = enforcing(&state(), config);
+    Bed { pipeline: s.pipeline, events: s.events, counters: s.counters }
 }
 
 fn config() -> EnforcementConfig {
@@ -319,7 +300,7 @@ fn a_health_change_takes_effect_on_the_next_packet() {
         interfaces: vec![EndpointInterface { mac: MacAddr(GREEN.0), ips: vec![GREEN.1.into()] }],
         health: EndpointHealth::Green,
     });
-    let (mut p, _events, _ex) = enforcing(&state, config(), Arc::new(WorkerCounters::new(2)));
+    let mut p = enforcing(&state, config()).pipeline;
     let f = out(GREEN, INTERNET, 443, b"");
     assert_eq!(p.verdict(&f, LAN), Verdict::Forward);
     writer.set_health(EndpointId(1), EndpointHealth::Red).unwrap();
@@ -330,7 +311,7 @@ fn a_health_change_takes_effect_on_the_next_packet() {
 
 #[test]
 fn seen_macs_reach_the_control_plane() {
-    let (mut p, _events, ex) = enforcing(&state(), config(), Arc::new(WorkerCounters::new(2)));
+    let Standalone { pipeline: mut p, seen_macs: ex, .. } = enforcing(&state(), config());
     for ep in [GREEN, RED, MISSING, GREEN] {
         p.verdict(&out(ep, INTERNET, 443, b""), LAN);
     }
