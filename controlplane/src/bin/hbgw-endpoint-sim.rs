@@ -81,6 +81,10 @@ enum Command {
         /// over time); default: all at once.
         #[arg(long, value_name = "PER_SECOND")]
         ramp: Option<f64>,
+        /// Connection attempts in flight at once across all endpoints (real
+        /// endpoints handshake on their own CPUs; the simulator shares one).
+        #[arg(long, value_name = "N", default_value_t = 128)]
+        max_connecting: usize,
     },
 }
 
@@ -180,6 +184,10 @@ fn jitter(index: usize, attempt: u32) -> f64 {
 }
 
 struct Sim {
+    /// Connection attempts (TCP + TLS handshake) in flight at once, across
+    /// all simulated endpoints: real endpoints handshake on their own CPUs,
+    /// the simulator shares one machine's.
+    connecting: Arc<tokio::sync::Semaphore>,
     ramp: Option<f64>,
     quiet: bool,
     index: usize,
@@ -221,7 +229,10 @@ impl Sim {
                 }
                 continue;
             }
-            let mut conn = match EndpointConnection::connect(self.gateway, &self.server_name, self.tls.clone()).await {
+            let permit = self.connecting.clone().acquire_owned().await.ok();
+            let attempt = EndpointConnection::connect(self.gateway, &self.server_name, self.tls.clone()).await;
+            drop(permit);
+            let mut conn = match attempt {
                 Ok(c) => {
                     failures = 0;
                     c
@@ -345,11 +356,12 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { dir, endpoints, gateway, server_name, script, duration, ioc_process, lists, tls12, ramp } => {
+        Command::Run { dir, endpoints, gateway, server_name, script, duration, ioc_process, lists, tls12, ramp, max_connecting } => {
             let events = parse_script(&script, endpoints)?;
             let ca = std::fs::read(dir.join("ca.pem"))
                 .with_context(|| format!("cannot read {}/ca.pem: run `hbgw-endpoint-sim certs --dir {}` first", dir.display(), dir.display()))?;
             let start = Instant::now();
+            let connecting = Arc::new(tokio::sync::Semaphore::new(max_connecting.max(1)));
             let mut senders = Vec::with_capacity(endpoints);
             let mut tasks = Vec::with_capacity(endpoints);
             for i in 0..endpoints {
@@ -362,6 +374,7 @@ async fn main() -> Result<()> {
                 let (tx, rx) = mpsc::channel(16);
                 senders.push(tx);
                 let sim = Sim {
+                    connecting: connecting.clone(),
                     ramp,
                     quiet: endpoints > 1000,
                     index: i,
