@@ -290,11 +290,6 @@ impl StatsAggregator {
         self.workers.iter().zip(&self.worker_latency).map(|(w, l)| (w.id, &l.total))
     }
 
-    /// Total frames received by all workers so far.
-    pub fn total_rx(&self) -> u64 {
-        self.raw_worker_counts().iter().map(|c| c.rx).sum()
-    }
-
     /// The samples since the last tick (for the final histogram-log entry).
     pub fn drain_interval(&mut self) -> IntervalHistogram {
         self.drain_latency();
