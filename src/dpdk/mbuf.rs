@@ -28,6 +28,15 @@ impl DpdkIo {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Takes `out.len()` fresh, empty mbufs from `pool`, all or none (a
+    /// traffic generator's source of frames). False when the pool is short.
+    pub fn alloc_bulk(&mut self, pool: &super::mempool::Mempool, out: &mut [Mbuf]) -> bool {
+        // SAFETY: `out` has room for `out.len()` pointers and `Mbuf` is a
+        // transparent pointer; on success DPDK hands us ownership of each
+        // (reset, single-segment, empty), on failure it writes nothing we keep.
+        unsafe { ffi::hbgw_pktmbuf_alloc_bulk(pool.as_ptr(), out.as_mut_ptr().cast(), out.len() as u32) == 0 }
+    }
 }
 
 impl PacketIo for DpdkIo {

@@ -208,6 +208,30 @@ impl Port {
     }
 }
 
+/// A port's link as the device reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Whether the link is up (for `net_memif`: whether the peer is connected).
+    pub up: bool,
+    /// Speed in Mbit/s, when the device states one.
+    pub speed_mbps: Option<u32>,
+}
+
+impl Port {
+    /// The link's state, without waiting for autonegotiation.
+    pub fn link(&self) -> Result<Link, String> {
+        let mut link = ffi::rte_eth_link::default();
+        // SAFETY: `link` is a valid out-parameter of the right type; the port id is valid.
+        let rc = unsafe { ffi::rte_eth_link_get_nowait(self.id, &mut link) };
+        if rc != 0 {
+            return Err(format!("cannot read the link of port {}: {}", self.name, strerror(-rc)));
+        }
+        let speed = link.link_speed;
+        let stated = speed != ffi::RTE_ETH_SPEED_NUM_NONE && speed != ffi::RTE_ETH_SPEED_NUM_UNKNOWN;
+        Ok(Link { up: link.link_status() != 0, speed_mbps: stated.then_some(speed) })
+    }
+}
+
 /// Creates a virtual device after EAL init (`rte_vdev_init`), e.g. for tests.
 pub fn create_vdev(name: &str, args: &str) -> Result<(), String> {
     let cname = CString::new(name).map_err(|_| "vdev name contains NUL".to_owned())?;

@@ -1,0 +1,137 @@
+//! RFC 2544 throughput search: the highest offered rate at which the device
+//! under test loses no more than the tolerated fraction of frames, found by
+//! binary search between zero and the starting (line or configured) rate,
+//! one trial per step. Pure: a trial is a closure, so the search is tested
+//! against modelled devices.
+
+/// What one trial at a rate showed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialOutcome {
+    /// Frames offered per second (what the tester achieved).
+    pub offered_pps: f64,
+    /// Fraction of frames expected back that did not come back.
+    pub loss: f64,
+    /// The tester could not offer the asked rate (its own limit, not the DUT's).
+    pub tester_limited: bool,
+}
+
+/// The search's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchSpec {
+    /// The rate tried first, and the search's upper bound (pps).
+    pub max_pps: f64,
+    /// Stop when the bracket is narrower than this fraction of `max_pps`.
+    pub resolution: f64,
+    /// Loss fraction still counted as a pass (0 for RFC 2544 NDR).
+    pub loss_tolerance: f64,
+}
+
+/// The search's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResult {
+    /// The highest rate that passed (0 when none did).
+    pub rate_pps: f64,
+    /// Every trial, in order: (asked rate, outcome).
+    pub trials: Vec<(f64, TrialOutcome)>,
+    /// Whether the tester's own limit bounded the search (the result is then
+    /// a lower bound of what the DUT can do).
+    pub tester_limited: bool,
+}
+
+fn passes(o: &TrialOutcome, spec: &SearchSpec) -> bool {
+    !o.tester_limited && o.loss <= spec.loss_tolerance
+}
+
+/// Runs the search; `trial(rate)` runs one trial at `rate` pps.
+pub fn throughput(spec: &SearchSpec, mut trial: impl FnMut(f64) -> TrialOutcome) -> SearchResult {
+    let mut trials = Vec::new();
+    let mut tester_limited = false;
+    let first = trial(spec.max_pps);
+    trials.push((spec.max_pps, first));
+    if passes(&first, spec) {
+        return SearchResult { rate_pps: spec.max_pps, trials, tester_limited };
+    }
+    let (mut lo, mut hi) = (0.0f64, spec.max_pps);
+    if first.tester_limited {
+        // The tester cannot go faster than it just did: search below that.
+        tester_limited = true;
+        hi = first.offered_pps.min(spec.max_pps);
+        let at_limit = trial(hi);
+        trials.push((hi, at_limit));
+        if passes(&at_limit, spec) {
+            return SearchResult { rate_pps: hi, trials, tester_limited };
+        }
+    }
+    let step = (spec.max_pps * spec.resolution).max(1.0);
+    while hi - lo > step {
+        let mid = (lo + hi) / 2.0;
+        let o = trial(mid);
+        trials.push((mid, o));
+        if o.tester_limited {
+            tester_limited = true;
+        }
+        if passes(&o, spec) {
+            lo = mid;
+        } else {
+            hi = if o.tester_limited { mid.min(o.offered_pps) } else { mid };
+        }
+    }
+    SearchResult { rate_pps: lo, trials, tester_limited }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DUT that forwards up to `cap` pps and drops the excess; a tester
+    /// that can offer up to `tester` pps.
+    fn model(cap: f64, tester: f64) -> impl FnMut(f64) -> TrialOutcome {
+        move |rate| {
+            let offered = rate.min(tester);
+            TrialOutcome {
+                offered_pps: offered,
+                loss: if offered > cap { (offered - cap) / offered } else { 0.0 },
+                tester_limited: offered < rate * 0.99,
+            }
+        }
+    }
+
+    fn spec(max: f64) -> SearchSpec {
+        SearchSpec { max_pps: max, resolution: 0.005, loss_tolerance: 0.0 }
+    }
+
+    #[test]
+    fn finds_the_capacity_within_the_resolution() {
+        let r = throughput(&spec(14.88e6), model(6.3e6, 1e9));
+        assert!(r.rate_pps <= 6.3e6 && r.rate_pps > 6.3e6 - 14.88e6 * 0.005, "{}", r.rate_pps);
+        assert!(!r.tester_limited);
+        assert!(r.trials.len() <= 10, "{} trials", r.trials.len());
+    }
+
+    #[test]
+    fn line_rate_passes_at_once() {
+        let r = throughput(&spec(1e6), model(2e6, 1e9));
+        assert_eq!((r.rate_pps, r.trials.len()), (1e6, 1));
+    }
+
+    #[test]
+    fn a_slow_tester_bounds_the_result_and_says_so() {
+        let r = throughput(&spec(20e6), model(30e6, 8e6));
+        assert!(r.tester_limited);
+        assert!(r.rate_pps <= 8e6 && r.rate_pps > 7.9e6, "{}", r.rate_pps);
+    }
+
+    #[test]
+    fn a_device_that_loses_everything_gives_zero() {
+        let r = throughput(&spec(1e6), |rate| TrialOutcome { offered_pps: rate, loss: 1.0, tester_limited: false });
+        assert_eq!(r.rate_pps, 0.0);
+    }
+
+    #[test]
+    fn tolerated_loss_passes() {
+        let s = SearchSpec { loss_tolerance: 0.01, ..spec(10e6) };
+        // Loses 0.5% everywhere: a PDR search with 1% tolerance takes line rate.
+        let r = throughput(&s, |rate| TrialOutcome { offered_pps: rate, loss: 0.005, tester_limited: false });
+        assert_eq!(r.rate_pps, 10e6);
+    }
+}
