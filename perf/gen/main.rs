@@ -39,6 +39,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 use trial::{Generator, TrialReport, TrialSettings};
 
+/// Calibration sends every template this many times, at most this fast:
+/// slowly enough that a loaded machine loses none, so a template that never
+/// comes back is one the DUT drops on purpose.
+const CALIBRATION_ROUNDS: usize = 3;
+const CALIBRATION_PPS: f64 = 20_000.0;
+
 /// A rate: frames per second, or a percentage of the link's line rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Rate {
@@ -415,8 +421,8 @@ fn measure(args: &GenArgs, gen: &mut Generator, mean: f64, tx: &Port, rx: &Port)
     if !args.search {
         let rate = args.rate.map(|r| resolve(r, "--rate")).transpose()?;
         if !args.no_calibrate {
-            let cal = rate.unwrap_or(1e6).min(100_000.0);
-            result.policy_dropped_templates = gen.calibrate(cal, 2)?;
+            let cal = rate.unwrap_or(1e6).min(CALIBRATION_PPS);
+            result.policy_dropped_templates = gen.calibrate(cal, CALIBRATION_ROUNDS)?;
         }
         let (r, start) = trial(gen, rate, args.duration);
         let l = load_result(None, &r);
@@ -435,7 +441,7 @@ fn measure(args: &GenArgs, gen: &mut Generator, mean: f64, tx: &Port, rx: &Port)
             }
         };
         if !args.no_calibrate {
-            result.policy_dropped_templates = gen.calibrate((max / 100.0).min(100_000.0), 2)?;
+            result.policy_dropped_templates = gen.calibrate((max / 100.0).min(CALIBRATION_PPS), CALIBRATION_ROUNDS)?;
             println!("  calibration: the DUT drops {} of {} templates on purpose", result.policy_dropped_templates, gen.templates().len());
         }
         let spec = search::SearchSpec { max_pps: max, resolution: args.resolution, loss_tolerance: args.loss_tolerance };
