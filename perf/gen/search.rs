@@ -43,40 +43,41 @@ fn passes(o: &TrialOutcome, spec: &SearchSpec) -> bool {
 }
 
 /// Runs the search; `trial(rate)` runs one trial at `rate` pps.
+///
+/// A trial the tester could not run at the asked rate fails, and lowers the
+/// upper bound to what the tester did offer. The result is marked
+/// tester-limited when no trial above it failed because of the DUT.
 pub fn throughput(spec: &SearchSpec, mut trial: impl FnMut(f64) -> TrialOutcome) -> SearchResult {
     let mut trials = Vec::new();
-    let mut tester_limited = false;
-    let first = trial(spec.max_pps);
-    trials.push((spec.max_pps, first));
-    if passes(&first, spec) {
-        return SearchResult { rate_pps: spec.max_pps, trials, tester_limited };
-    }
+    let mut dut_failed = false;
     let (mut lo, mut hi) = (0.0f64, spec.max_pps);
-    if first.tester_limited {
-        // The tester cannot go faster than it just did: search below that.
-        tester_limited = true;
-        hi = first.offered_pps.min(spec.max_pps);
-        let at_limit = trial(hi);
-        trials.push((hi, at_limit));
-        if passes(&at_limit, spec) {
-            return SearchResult { rate_pps: hi, trials, tester_limited };
-        }
-    }
+    let mut rate = spec.max_pps;
     let step = (spec.max_pps * spec.resolution).max(1.0);
-    while hi - lo > step {
-        let mid = (lo + hi) / 2.0;
-        let o = trial(mid);
-        trials.push((mid, o));
-        if o.tester_limited {
-            tester_limited = true;
-        }
+    loop {
+        let o = trial(rate);
+        trials.push((rate, o));
         if passes(&o, spec) {
-            lo = mid;
+            lo = rate;
+            if rate >= hi {
+                break;
+            }
+        } else if o.tester_limited {
+            // Search below what the tester managed; try that rate next.
+            hi = rate.min(o.offered_pps * 0.999);
+            if hi - lo > step {
+                rate = hi;
+                continue;
+            }
         } else {
-            hi = if o.tester_limited { mid.min(o.offered_pps) } else { mid };
+            dut_failed = true;
+            hi = rate;
         }
+        if hi - lo <= step {
+            break;
+        }
+        rate = (lo + hi) / 2.0;
     }
-    SearchResult { rate_pps: lo, trials, tester_limited }
+    SearchResult { rate_pps: lo, trials, tester_limited: !dut_failed && lo < spec.max_pps }
 }
 
 #[cfg(test)]
@@ -119,6 +120,11 @@ mod tests {
         let r = throughput(&spec(20e6), model(30e6, 8e6));
         assert!(r.tester_limited);
         assert!(r.rate_pps <= 8e6 && r.rate_pps > 7.9e6, "{}", r.rate_pps);
+        // A DUT slower than the tester is not tester-limited, even if the
+        // first trial was.
+        let r = throughput(&spec(20e6), model(5e6, 8e6));
+        assert!(!r.tester_limited);
+        assert!(r.rate_pps <= 5e6 && r.rate_pps > 4.8e6, "{}", r.rate_pps);
     }
 
     #[test]
