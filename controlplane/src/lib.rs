@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod central;
 pub mod event_log;
 pub mod explain;
 pub mod heartbeat;
