@@ -4,6 +4,8 @@
 //! * [`protocol`] — the wire format and the gateway's validated model of
 //!   what Central shared ([`protocol::SyncedState`]);
 //! * [`http`] — HTTPS client and server plumbing (rustls, hyper);
+//! * [`client`] — the gateway's client: enrollment, sync, last-known-good
+//!   state, log and health upload ([`spool`]), third-party feeds;
 //! * [`feeds`] — plain-list and STIX 2.1 feed parsing;
 //! * the reference Central (`hbgw-central`): [`ca`] (it issues endpoint and
 //!   server certificates), [`store`] (SQLite), [`server`] (the API).
@@ -13,8 +15,10 @@
 //! only, and only whole, validated updates.
 
 pub mod ca;
+pub mod client;
 pub mod feeds;
 pub mod http;
 pub mod protocol;
 pub mod server;
+pub mod spool;
 pub mod store;
