@@ -211,7 +211,8 @@ impl Central {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let current = *rx.borrow_and_update();
-            if current != since {
+            // `since=0` asks for everything: answered at once.
+            if current != since || since == 0 {
                 break;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
