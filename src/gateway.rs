@@ -28,7 +28,9 @@ use hbgw_controlplane::explain::Explainer;
 use hbgw_controlplane::heartbeat::{
     FileDirectory, HeartbeatConfig, LdapDirectory, LdapDirectoryConfig, PinnedCertStore, UserDirectory,
 };
+use hbgw_controlplane::central::client::{load_start, CentralSetup};
 use hbgw_controlplane::{EnforcementPlane, HeartbeatSetup};
+use hbgw_shared::stats::CentralStatus;
 use hbgw_shared::config::HeartbeatSection;
 use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer, LateralMovement, MalformedAction, PortContext};
 use hbgw_dataplane::events::{self, EventGate};
@@ -142,6 +144,18 @@ pub fn port_role_name(slot: usize) -> String {
     format!("{}{}", if slot % 2 == 0 { "lan" } else { "wan" }, slot / 2)
 }
 
+/// The policy zone of LAN and WAN ports, and the missing-heartbeat zones.
+fn policy_zones(source: Option<&Policy>) -> ((String, String), Vec<String>) {
+    // A port's zone (without VLAN): the first zone of its role that names no VLAN.
+    let zone_of_role = |role: PortRole, fallback: &str| {
+        source
+            .and_then(|p| p.zones.iter().find(|z| z.role == role && z.vlans.is_empty()).map(|z| z.name.clone()))
+            .unwrap_or_else(|| fallback.to_owned())
+    };
+    let port_zones = (zone_of_role(PortRole::Lan, "lan"), zone_of_role(PortRole::Wan, "wan"));
+    (port_zones, source.map(|p| p.missing_heartbeat_zones.clone()).unwrap_or_default())
+}
+
 /// Loads `[enforcement]`: policy, threat feed and static endpoints. Any error
 /// refuses the whole start: no half-applied policy.
 pub fn load_enforcement(section: &EnforcementSection) -> Result<LoadedState> {
@@ -150,15 +164,7 @@ pub fn load_enforcement(section: &EnforcementSection) -> Result<LoadedState> {
         Some(p) => p.compile()?,
         None => CompiledPolicy::default(),
     };
-    // A port's zone (without VLAN): the first zone of its role that names no VLAN.
-    let zone_of_role = |role: PortRole, fallback: &str| {
-        source
-            .as_ref()
-            .and_then(|p| p.zones.iter().find(|z| z.role == role && z.vlans.is_empty()).map(|z| z.name.clone()))
-            .unwrap_or_else(|| fallback.to_owned())
-    };
-    let port_zones = (zone_of_role(PortRole::Lan, "lan"), zone_of_role(PortRole::Wan, "wan"));
-    let missing_zones = source.as_ref().map(|p| p.missing_heartbeat_zones.clone()).unwrap_or_default();
+    let (port_zones, missing_zones) = policy_zones(source.as_ref());
     let indicators = match &section.threat_feed {
         Some(path) => hbgw_shared::feed_file::load_threat_feed(path)?,
         None => IndicatorSet::empty(),
@@ -322,7 +328,35 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
     if (cfg.heartbeat.is_some() || cfg.exception.is_some()) && cfg.enforcement.is_none() {
         cfg.enforcement = Some(EnforcementSection::default());
     }
+    // Central: the last-known-good state is read before EAL too, and it
+    // replaces the policy and feed files (one source of truth).
+    let central_start = match &cfg.central {
+        Some(c) => {
+            let e = cfg.enforcement.get_or_insert_with(EnforcementSection::default);
+            if e.policy.is_some() || e.threat_feed.is_some() {
+                bail!("[central] and [enforcement] policy/threat_feed are both set: with Central, policy and feeds come from Central; remove them from [enforcement]");
+            }
+            if cfg.events.log.is_none() {
+                // Logs are uploaded from the event log: keep one in the state directory.
+                cfg.events.log = Some(c.state_dir.join("events.jsonl"));
+            }
+            Some(load_start(c).map_err(|e| anyhow!("{e}"))?)
+        }
+        None => None,
+    };
     let mut loaded = cfg.enforcement.as_ref().map(load_enforcement).transpose()?;
+    if let (Some(start), Some(l)) = (&central_start, loaded.as_mut()) {
+        l.state.set_policy(start.compiled.clone());
+        l.state.set_indicators(start.indicators.clone());
+        (l.port_zones, l.missing_zones) = policy_zones(start.policy.as_ref());
+        tracing::info!(
+            "Central: enforcing revision {} from the state directory ({} indicators, {}, {} endpoint certificate(s))",
+            start.synced.revision,
+            start.indicators.len(),
+            if start.synced.policy.is_some() { "policy from Central".to_owned() } else { format!("no policy yet: {:?}", cfg.central.as_ref().map(|c| c.before_first_sync)) },
+            start.synced.certs.len()
+        );
+    }
     if let (Some(exc), Some(l)) = (&cfg.exception, loaded.as_mut()) {
         // The exception path's addresses are the gateway's own: punt them.
         for a in &exc.addresses {
@@ -337,10 +371,26 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
         (Some(section), Some(l)) => Some(heartbeat_setup(section, l)?),
         _ => None,
     };
+    let central = match (central_start, &cfg.central) {
+        (Some(start), Some(section)) => {
+            if let Some(h) = &heartbeat {
+                for c in start.synced.certs.values() {
+                    h.certs.add_der(&c.der).map_err(|e| anyhow!("endpoint certificate {} in the state directory: {e}", c.name))?;
+                }
+            }
+            Some(CentralSetup {
+                config: section.clone(),
+                start,
+                certs: heartbeat.as_ref().map(|h| h.certs.clone()),
+                status: Arc::new(std::sync::Mutex::new(CentralStatus::default())),
+            })
+        }
+        _ => None,
+    };
 
     tracing::info!("EAL arguments: {}", args[1..].join(" "));
     let eal = Eal::init(&args)?;
-    let result = run_with_eal(&mut cfg, &app, loaded, heartbeat);
+    let result = run_with_eal(&mut cfg, &app, loaded, heartbeat, central);
     drop(demo);
     eal.cleanup();
     result
@@ -351,6 +401,7 @@ fn run_with_eal(
     app: &AppArgs,
     loaded: Option<LoadedState>,
     heartbeat: Option<HeartbeatSetup>,
+    central: Option<CentralSetup>,
 ) -> Result<()> {
     if cfg.bridges.is_empty() {
         let ports: Vec<_> = crate::dpdk::port::available().into_iter().filter(|p| p.name != EXCEPTION_VDEV).collect();
@@ -495,6 +546,7 @@ fn run_with_eal(
     );
     let mut aggregator = aggregator;
     aggregator.mode = (loaded.is_some(), loaded.as_ref().is_some_and(|l| l.config.tap_mode));
+    aggregator.central = central.as_ref().map(|c| c.status.clone());
 
     // Enforcement: one pipeline per worker over the shared state, and the
     // control plane's end of the events and seen-MAC channels.
@@ -502,6 +554,7 @@ fn run_with_eal(
     let (mut pipelines, plane): (Vec<Option<Enforcing>>, Option<EnforcementPlane>) = match loaded {
         None => {
             drop(heartbeat);
+            drop(central);
             ((0..nworkers).map(|_| None).collect(), None)
         }
         Some(l) => {
@@ -553,6 +606,7 @@ fn run_with_eal(
                 seen_macs: Some(seen_exchange),
                 heartbeat,
                 threat_log,
+                central,
             };
             (pipelines, Some(plane))
         }

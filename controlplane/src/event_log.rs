@@ -51,6 +51,8 @@ pub struct EventLog {
     pub written: u64,
     /// Events folded into "repeated" lines since start.
     pub suppressed: u64,
+    /// Every line written is also handed here (Central's log upload spool).
+    mirror: Option<std::sync::Arc<std::sync::Mutex<crate::central::spool::LogSpool>>>,
 }
 
 fn unix_ms() -> u128 {
@@ -72,7 +74,12 @@ impl EventLog {
     /// Opens (appending to) the log.
     pub fn open(config: EventLogConfig) -> std::io::Result<Self> {
         let (out, size) = open_append(&config.path)?;
-        Ok(Self { config, out, size, open: HashMap::new(), written: 0, suppressed: 0 })
+        Ok(Self { config, out, size, open: HashMap::new(), written: 0, suppressed: 0, mirror: None })
+    }
+
+    /// Hands every line written from now on to `spool` as well.
+    pub fn set_mirror(&mut self, spool: std::sync::Arc<std::sync::Mutex<crate::central::spool::LogSpool>>) {
+        self.mirror = Some(spool);
     }
 
     /// Logs `event` under `key`, unless an identical one is already in its
@@ -128,6 +135,9 @@ impl EventLog {
         self.out.write_all(b"\n")?;
         self.size += line.len() as u64 + 1;
         self.written += 1;
+        if let Some(m) = &self.mirror {
+            m.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
         Ok(())
     }
 

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod central;
 pub mod event_log;
 pub mod explain;
 pub mod heartbeat;
@@ -72,6 +73,8 @@ pub struct EnforcementPlane {
     pub threat_log: ThreatLog,
     /// Answers `explain` on the stats socket.
     pub explainer: Arc<explain::Explainer>,
+    /// The Central client to start, if `[central]` is configured.
+    pub central: Option<central::client::CentralSetup>,
 }
 
 /// What the heartbeat service needs besides the shared table and seen MACs.
@@ -167,6 +170,9 @@ pub enum ControlPlaneError {
     /// The heartbeat service could not start.
     #[error(transparent)]
     Heartbeat(#[from] heartbeat::HeartbeatError),
+    /// The Central client could not start.
+    #[error("{0}")]
+    Central(String),
 }
 
 /// The running control plane.
@@ -274,6 +280,39 @@ async fn run(
             }
         }
     }
+    let mut central_client: Option<central::client::CentralClient> = None;
+    if let Some(e) = enforcement.as_mut() {
+        if let Some(setup) = e.central.take() {
+            let hb = heartbeat_service.clone();
+            let agg = aggregator.clone();
+            let health: central::client::HealthSource = Box::new(move || {
+                let drops = {
+                    let a = agg.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut d = std::collections::BTreeMap::<String, u64>::new();
+                    for p in &a.report().ports {
+                        for (k, v) in &p.total.drops {
+                            *d.entry(k.clone()).or_default() += v;
+                        }
+                    }
+                    d
+                };
+                let endpoints = hb.as_ref().map(|h| serde_json::to_value(h.report().summary).unwrap_or_default());
+                serde_json::json!({"endpoints": endpoints, "drops": drops})
+            });
+            match central::client::CentralClient::start(setup, e.state.clone(), health) {
+                Ok(c) => {
+                    if !e.threat_log.set_mirror(c.spool()) {
+                        tracing::warn!("no [events] log: nothing is uploaded to Central");
+                    }
+                    central_client = Some(c);
+                }
+                Err(err) => {
+                    let _ = ready.send(Err(ControlPlaneError::Central(err)));
+                    return;
+                }
+            }
+        }
+    }
     let _ = ready.send(Ok(()));
     let mut ledger = SeenMacLedger::default();
     // Events are drained often so that the workers' bounded channel rarely fills.
@@ -303,6 +342,9 @@ async fn run(
                         hlog = None;
                     }
                 }
+                if let Some(c) = &central_client {
+                    c.on_tick(&report);
+                }
                 print_live(config.live, &report);
             }
             _ = drain.tick(), if enforcement.is_some() => {
@@ -328,6 +370,9 @@ async fn run(
         if let Err(err) = e.threat_log.close() {
             tracing::warn!("event log: {err}");
         }
+    }
+    if let Some(c) = central_client.take() {
+        c.finish();
     }
     server.abort();
     if let Some(m) = metrics_server {

@@ -82,6 +82,8 @@ pub struct StatsAggregator {
     last_report: StatsReport,
     /// Shown in reports: whether workers enforce, and in tap mode.
     pub mode: (bool, bool),
+    /// The Central client's status, copied into each report.
+    pub central: Option<Arc<std::sync::Mutex<hbgw_shared::stats::CentralStatus>>>,
 }
 
 fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -158,6 +160,7 @@ impl StatsAggregator {
             interval_start: now,
             last_report: StatsReport::default(),
             mode: (false, false),
+            central: None,
         }
     }
 
@@ -224,6 +227,7 @@ impl StatsAggregator {
             seen_macs_overflow: self.workers.iter().map(|w| w.counters.misc.seen_macs_overflow.load(Relaxed)).sum(),
             enforcing: self.mode.0,
             tap_mode: self.mode.1,
+            central: self.central.as_ref().map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             ..Default::default()
         };
         for (i, w) in self.workers.iter().enumerate() {

@@ -139,6 +139,18 @@ impl ThreatLog {
         Self { log, state, port_roles, users, received: 0 }
     }
 
+    /// Hands every logged line to Central's upload spool as well; false
+    /// when there is no event log to mirror.
+    pub fn set_mirror(&mut self, spool: Arc<std::sync::Mutex<crate::central::spool::LogSpool>>) -> bool {
+        match self.log.as_mut() {
+            Some(l) => {
+                l.set_mirror(spool);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Where user names come from (the heartbeat service, once it runs).
     pub fn set_users(&mut self, users: Box<dyn UserLookup>) {
         self.users = users;

@@ -51,6 +51,124 @@ pub struct Config {
     /// The exception path: frames for the gateway's own addresses go to a
     /// kernel TAP interface, and the kernel's replies out of a data port.
     pub exception: Option<ExceptionSection>,
+    /// Central: registration, policy, feeds, certificates and log upload.
+    /// Absent: state comes from `[enforcement]` files only.
+    pub central: Option<CentralSection>,
+}
+
+/// What the workers do before any policy from Central exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeforeFirstSync {
+    /// Drop everything until the first policy arrives.
+    #[default]
+    FailClosed,
+    /// Forward everything, counted and logged.
+    FailOpen,
+}
+
+/// The format of a third-party feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThirdPartyFormat {
+    /// One IoC per line, one type per feed.
+    List,
+    /// A STIX 2.1 bundle.
+    Stix,
+}
+
+/// `[[central.feed]]`: a third-party feed the gateway polls itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThirdPartyFeedSection {
+    /// The feed's name (indicators carry it; feed settings name it).
+    pub name: String,
+    /// `https://host:port/path`.
+    pub url: String,
+    /// `list` or `stix`.
+    pub format: ThirdPartyFormat,
+    /// For a list: what it holds: `ipv4`, `ipv6`, `domain` or `url`.
+    #[serde(default, rename = "type")]
+    pub list_type: Option<String>,
+    /// The CA that signs the feed server's certificate (default: `[central] ca`).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Poll period, seconds (default 300).
+    #[serde(default = "default_feed_interval")]
+    pub interval_s: u64,
+    /// Largest feed accepted, bytes (default 64 MiB); a larger one is refused whole.
+    #[serde(default = "default_feed_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_feed_interval() -> u64 {
+    300
+}
+fn default_feed_max_bytes() -> usize {
+    64 << 20
+}
+fn default_central_wait() -> u64 {
+    25
+}
+fn default_max_indicators() -> usize {
+    20_000_000
+}
+fn default_max_update_bytes() -> usize {
+    2 << 30
+}
+fn default_spool_max() -> usize {
+    1_000_000
+}
+fn default_upload_ms() -> u64 {
+    500
+}
+fn default_health_s() -> u64 {
+    10
+}
+fn default_gateway_name() -> String {
+    "hbgw".into()
+}
+
+/// `[central]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralSection {
+    /// `https://HOST:PORT` of Central.
+    pub url: String,
+    /// Central's CA certificate (PEM): the only trust anchor for Central.
+    pub ca: PathBuf,
+    /// Where the gateway keeps its identity, last-known-good state and log spool.
+    pub state_dir: PathBuf,
+    /// The one-time enrollment token (used only while `state_dir` holds no identity).
+    #[serde(default)]
+    pub enrollment_token: Option<String>,
+    /// The name the gateway enrolls under.
+    #[serde(default = "default_gateway_name")]
+    pub name: String,
+    /// What the workers do before any policy from Central exists.
+    #[serde(default)]
+    pub before_first_sync: BeforeFirstSync,
+    /// Long-poll wait asked of Central, seconds (default 25, at most 60).
+    #[serde(default = "default_central_wait")]
+    pub wait_s: u64,
+    /// Most indicators held; an update beyond is refused whole.
+    #[serde(default = "default_max_indicators")]
+    pub max_indicators: usize,
+    /// Largest sync answer accepted, bytes.
+    #[serde(default = "default_max_update_bytes")]
+    pub max_update_bytes: usize,
+    /// Log events kept while Central is unreachable; beyond, new ones are dropped and counted.
+    #[serde(default = "default_spool_max")]
+    pub spool_max_events: usize,
+    /// How often spooled logs are sent, milliseconds.
+    #[serde(default = "default_upload_ms")]
+    pub upload_interval_ms: u64,
+    /// How often the health summary is sent, seconds.
+    #[serde(default = "default_health_s")]
+    pub health_interval_s: u64,
+    /// Third-party feeds (TOML `[[central.feed]]`).
+    #[serde(default, rename = "feed")]
+    pub feeds: Vec<ThirdPartyFeedSection>,
 }
 
 fn default_exception_port() -> String {
@@ -429,6 +547,29 @@ impl Config {
                 });
                 if !ok {
                     return Err(invalid("exception.addresses", format!("has {a:?}"), "write ADDRESS/PREFIX, e.g. 192.0.2.1/24"));
+                }
+            }
+        }
+        if let Some(c) = &self.central {
+            if !c.url.starts_with("https://") {
+                return Err(invalid("central.url", format!("is {:?}", c.url), "give Central's https://HOST:PORT (plain HTTP is not supported)"));
+            }
+            if c.wait_s == 0 || c.wait_s > 60 {
+                return Err(invalid("central.wait_s", format!("is {}", c.wait_s), "use 1..=60 (25 is typical)"));
+            }
+            if c.spool_max_events == 0 || c.upload_interval_ms == 0 || c.health_interval_s == 0 {
+                return Err(invalid("central", "spool_max_events, upload_interval_ms or health_interval_s is 0".into(), "use 1 or more"));
+            }
+            for (i, f) in c.feeds.iter().enumerate() {
+                if !f.url.starts_with("https://") {
+                    return Err(invalid(&format!("central.feed[{i}].url"), format!("is {:?}", f.url), "give an https:// URL"));
+                }
+                let typed = matches!(f.list_type.as_deref(), Some("ipv4" | "ipv6" | "domain" | "url"));
+                if f.format == ThirdPartyFormat::List && !typed {
+                    return Err(invalid(&format!("central.feed[{i}].type"), format!("is {:?}", f.list_type), "a list feed holds one type: ipv4, ipv6, domain or url"));
+                }
+                if f.interval_s == 0 {
+                    return Err(invalid(&format!("central.feed[{i}].interval_s"), "is 0".into(), "use 1 or more (300 is typical)"));
                 }
             }
         }

@@ -177,6 +177,48 @@ pub struct StatsReport {
     /// Whether the gateway only observes (tap mode).
     #[serde(default)]
     pub tap_mode: bool,
+    /// The Central connection, when `[central]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub central: Option<CentralStatus>,
+}
+
+/// The gateway's view of its Central connection (`hbgw stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CentralStatus {
+    /// Central's URL.
+    pub url: String,
+    /// `connected`, `disconnected`, `not enrolled`, or `starting`.
+    pub state: String,
+    /// The gateway's id at Central, once enrolled.
+    pub gateway_id: Option<String>,
+    /// The revision in force (0: nothing from Central yet).
+    pub revision: u64,
+    /// Unix milliseconds of the last answer from Central.
+    pub last_contact_ms: Option<u64>,
+    /// The last error (unreachable, refused update, ...), one line.
+    pub last_error: Option<String>,
+    /// Updates applied since start.
+    pub updates_applied: u64,
+    /// Updates refused whole since start.
+    pub updates_rejected: u64,
+    /// Full snapshots applied since start.
+    pub snapshots: u64,
+    /// Indicators held (Central's and third-party).
+    pub indicators: u64,
+    /// Endpoint certificates pinned from Central.
+    pub endpoint_certs: u64,
+    /// Whether a policy from Central is in force; if not, `before_first_sync` applies.
+    pub policy_from_central: bool,
+    /// `fail_closed` or `fail_open`.
+    pub before_first_sync: String,
+    /// Frames forwarded because no policy existed yet (fail-open decisions).
+    pub fail_open_frames: u64,
+    /// Log events waiting in the spool.
+    pub events_spooled: u64,
+    /// Log events Central acknowledged since start.
+    pub events_uploaded: u64,
+    /// Log events dropped because the spool was full.
+    pub events_dropped: u64,
 }
 
 fn rate(n: u64, secs: f64) -> String {
@@ -249,6 +291,22 @@ impl StatsReport {
                 (true, true) => "tap mode (observing, nothing dropped)",
             }
         );
+        if let Some(c) = &self.central {
+            let _ = writeln!(
+                out,
+                "Central {}: {}, revision {}{}; {} indicators, {} endpoint certs; logs: {} spooled, {} uploaded, {} dropped{}",
+                c.url,
+                c.state,
+                c.revision,
+                if c.policy_from_central { String::new() } else { format!(" (no policy yet: {}, {} frames forwarded fail-open)", c.before_first_sync, c.fail_open_frames) },
+                c.indicators,
+                c.endpoint_certs,
+                c.events_spooled,
+                c.events_uploaded,
+                c.events_dropped,
+                c.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+            );
+        }
         let _ = writeln!(out, "\nPorts (hbgw's counters; device counters in brackets)");
         let _ = writeln!(
             out,

@@ -1,0 +1,678 @@
+//! The gateway's Central client: enrollment, the sync long-poll, applying
+//! updates, last-known-good persistence, log and health upload, and
+//! third-party feed polling.
+//!
+//! It owns the gateway's [`SyncedState`] and is the only writer of the
+//! policy, indicators and endpoint certificates when `[central]` is
+//! configured. Every update is validated and compiled aside (on a blocking
+//! thread, so the control plane's sockets and heartbeats stay responsive)
+//! and published whole through `GatewayState`'s setters and the
+//! `PinnedCertStore`; a refused update changes nothing. It must never block
+//! a worker, publish half an update, or stop enforcing the last-known-good
+//! state because Central is unreachable.
+
+use super::feeds::{parse_plain_list, parse_stix_bundle, ListType};
+use super::http::{HttpError, HttpsClient};
+use super::protocol::{EnrollRequest, GatewayIdentity, LogAck, Snapshot, SyncAnswer, SyncedState, UpdateError, WireIndicator};
+use super::spool::LogSpool;
+use crate::heartbeat::PinnedCertStore;
+use hbgw_shared::config::{BeforeFirstSync, CentralSection, ThirdPartyFeedSection, ThirdPartyFormat};
+use hbgw_shared::indicators::{IndicatorKind, IndicatorSet};
+use hbgw_shared::policy::{CompiledPolicy, Policy};
+use hbgw_shared::state::GatewayState;
+use hbgw_shared::stats::{CentralStatus, StatsReport};
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The last-known-good state file in the state directory.
+pub const STATE_FILE: &str = "central-state.json";
+/// The identity file in the state directory.
+pub const IDENTITY_FILE: &str = "identity.json";
+const STATE_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersistedState {
+    format: u32,
+    revision: u64,
+    snapshot: Snapshot,
+    #[serde(default)]
+    third_party: BTreeMap<String, Vec<PersistedThirdParty>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersistedThirdParty {
+    value: String,
+    audit_id: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory,
+/// synced, then renamed over the old one.
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Loads the last-known-good state; `None` when there is none yet. A state
+/// file that cannot be read or is not a valid state is an error: the gateway
+/// must not start with half a policy.
+pub fn load_state(dir: &Path, limit: usize) -> Result<Option<SyncedState>, String> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the last-known-good state {}: {e}: fix its permissions", path.display())),
+    };
+    let corrupt = |why: String| {
+        format!(
+            "the last-known-good state {} is corrupt ({why}): restore it from a backup, or delete it to start with [central] before_first_sync and resync from Central",
+            path.display()
+        )
+    };
+    let p: PersistedState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if p.format != STATE_FORMAT {
+        return Err(corrupt(format!("format {} is not {STATE_FORMAT}", p.format)));
+    }
+    let mut s = SyncedState::from_snapshot(p.revision, &p.snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
+    for (feed, list) in p.third_party {
+        let mut v = Vec::with_capacity(list.len());
+        for i in list {
+            let kind: IndicatorKind = i.value.parse().map_err(|e: hbgw_shared::indicators::IndicatorError| corrupt(e.to_string()))?;
+            v.push((kind, i.audit_id));
+        }
+        s.third_party.insert(feed, v);
+    }
+    s.build_indicators().map_err(|e| corrupt(e.to_string()))?;
+    Ok(Some(s))
+}
+
+/// Writes the state atomically.
+pub fn save_state(dir: &Path, s: &SyncedState) -> Result<(), String> {
+    let p = PersistedState {
+        format: STATE_FORMAT,
+        revision: s.revision,
+        snapshot: s.to_snapshot(),
+        third_party: s
+            .third_party
+            .iter()
+            .map(|(f, l)| (f.clone(), l.iter().map(|(k, a)| PersistedThirdParty { value: k.to_string(), audit_id: a.clone() }).collect()))
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
+    let path = dir.join(STATE_FILE);
+    write_atomic(&path, &bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))
+}
+
+/// The policy in force while Central has given none.
+pub fn no_policy(choice: BeforeFirstSync) -> CompiledPolicy {
+    let text = match choice {
+        BeforeFirstSync::FailClosed => "default_action = \"drop\"\n",
+        BeforeFirstSync::FailOpen => "default_action = \"accept\"\n",
+    };
+    Policy::parse(text, Path::new("before_first_sync"))
+        .and_then(|p| p.compile())
+        .unwrap_or_default()
+}
+
+/// What the gateway enforces at start, from the state directory, before
+/// any worker runs.
+pub struct CentralStart {
+    /// The synced state (empty when nothing was persisted).
+    pub synced: SyncedState,
+    /// The policy source (for zones), when Central gave one.
+    pub policy: Option<Policy>,
+    /// The compiled policy to start with.
+    pub compiled: CompiledPolicy,
+    /// The indicator set to start with.
+    pub indicators: IndicatorSet,
+    /// The identity, when enrolled.
+    pub identity: Option<GatewayIdentity>,
+    /// The log spool.
+    pub spool: LogSpool,
+}
+
+impl std::fmt::Debug for CentralStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CentralStart").field("revision", &self.synced.revision).finish()
+    }
+}
+
+/// Reads the state directory: identity, last-known-good state, spool.
+pub fn load_start(section: &CentralSection) -> Result<CentralStart, String> {
+    let dir = &section.state_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create [central] state_dir {}: {e}: give a writable directory", dir.display()))?;
+    let identity = match std::fs::read(dir.join(IDENTITY_FILE)) {
+        Ok(b) => Some(serde_json::from_slice::<GatewayIdentity>(&b).map_err(|e| {
+            format!(
+                "{} is corrupt ({e}): delete it and enroll again with a new [central] enrollment_token",
+                dir.join(IDENTITY_FILE).display()
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.join(IDENTITY_FILE).display())),
+    };
+    let synced = load_state(dir, section.max_indicators)?.unwrap_or_default();
+    let (policy, compiled) = match synced.compiled_policy().map_err(|e| e.to_string())? {
+        Some((p, c)) => (Some(p), c),
+        None => (None, no_policy(section.before_first_sync)),
+    };
+    let indicators = synced.build_indicators().map_err(|e| e.to_string())?;
+    let spool = LogSpool::open(dir, section.spool_max_events)?;
+    Ok(CentralStart { synced, policy, compiled, indicators, identity, spool })
+}
+
+/// Everything the client needs, handed over by the gateway at start.
+pub struct CentralSetup {
+    /// `[central]`.
+    pub config: CentralSection,
+    /// What was loaded at start.
+    pub start: CentralStart,
+    /// The heartbeat service's pinned certificates, when it runs.
+    pub certs: Option<PinnedCertStore>,
+    /// Shown in `hbgw stats`.
+    pub status: Arc<Mutex<CentralStatus>>,
+}
+
+/// What goes into the health summary besides the client's own figures.
+pub type HealthSource = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+struct Ctx {
+    config: CentralSection,
+    client: HttpsClient,
+    identity: Mutex<Option<GatewayIdentity>>,
+    synced: Mutex<SyncedState>,
+    state: Arc<GatewayState>,
+    certs: Option<PinnedCertStore>,
+    status: Arc<Mutex<CentralStatus>>,
+    spool: Arc<Mutex<LogSpool>>,
+    dirty: AtomicBool,
+}
+
+/// The running client (its tasks run on the control plane's runtime).
+pub struct CentralClient {
+    ctx: Arc<Ctx>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Exponential backoff: 0.5 s doubling to 30 s.
+struct Backoff(Duration);
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(500))
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        d
+    }
+    fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+impl CentralClient {
+    /// Starts the client's tasks on the current tokio runtime. Fails only
+    /// on a configuration that cannot work (URL, CA file).
+    pub fn start(setup: CentralSetup, state: Arc<GatewayState>, health: HealthSource) -> Result<Self, String> {
+        let CentralSetup { config, start, certs, status } = setup;
+        let ca = std::fs::read(&config.ca)
+            .map_err(|e| format!("cannot read [central] ca {}: {e}: copy ca.pem from Central's data directory", config.ca.display()))?;
+        let client = HttpsClient::new(&config.url, &ca).map_err(|e| e.to_string())?;
+        {
+            let mut s = lock(&status);
+            s.url = config.url.clone();
+            s.state = "starting".into();
+            s.revision = start.synced.revision;
+            s.gateway_id = start.identity.as_ref().map(|i| i.gateway_id.clone());
+            s.policy_from_central = start.synced.policy.is_some();
+            s.before_first_sync = match config.before_first_sync {
+                BeforeFirstSync::FailClosed => "fail_closed".into(),
+                BeforeFirstSync::FailOpen => "fail_open".into(),
+            };
+            s.indicators = start.indicators.len() as u64;
+            s.endpoint_certs = start.synced.certs.len() as u64;
+            s.events_spooled = start.spool.len() as u64;
+        }
+        if start.synced.policy.is_none() && config.before_first_sync == BeforeFirstSync::FailOpen {
+            tracing::warn!("no policy from Central yet: forwarding traffic (before_first_sync = fail_open); each such frame is counted in `hbgw stats`");
+        }
+        let ctx = Arc::new(Ctx {
+            client,
+            identity: Mutex::new(start.identity),
+            synced: Mutex::new(start.synced),
+            state,
+            certs,
+            status,
+            spool: Arc::new(Mutex::new(start.spool)),
+            dirty: AtomicBool::new(false),
+            config,
+        });
+        let mut tasks = vec![
+            tokio::spawn(sync_loop(ctx.clone())),
+            tokio::spawn(persist_loop(ctx.clone())),
+            tokio::spawn(upload_loop(ctx.clone())),
+            tokio::spawn(health_loop(ctx.clone(), health)),
+        ];
+        for f in ctx.config.feeds.clone() {
+            tasks.push(tokio::spawn(feed_loop(ctx.clone(), f)));
+        }
+        Ok(Self { ctx, tasks })
+    }
+
+    /// The spool the event log writes into.
+    pub fn spool(&self) -> Arc<Mutex<LogSpool>> {
+        self.ctx.spool.clone()
+    }
+
+    /// Called every stats interval: counts fail-open frames.
+    pub fn on_tick(&self, report: &StatsReport) {
+        if self.ctx.config.before_first_sync != BeforeFirstSync::FailOpen {
+            return;
+        }
+        let mut s = lock(&self.ctx.status);
+        if s.policy_from_central {
+            return;
+        }
+        let forwarded: u64 = report.ports.iter().map(|p| p.interval.tx).sum();
+        if forwarded > 0 {
+            s.fail_open_frames += forwarded;
+            tracing::warn!(
+                "fail-open: {forwarded} frame(s) forwarded without a policy from Central in the last interval ({} in all)",
+                s.fail_open_frames
+            );
+        }
+    }
+
+    /// Stops the tasks, writes the state if it changed, flushes the spool.
+    pub fn finish(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if self.ctx.dirty.swap(false, Ordering::AcqRel) {
+            let s = lock(&self.ctx.synced);
+            if let Err(e) = save_state(&self.ctx.config.state_dir, &s) {
+                tracing::warn!("{e}");
+            }
+        }
+        lock(&self.ctx.spool).flush();
+    }
+}
+
+impl Ctx {
+    fn set_status(&self, f: impl FnOnce(&mut CentralStatus)) {
+        f(&mut lock(&self.status));
+    }
+
+    fn disconnected(&self, e: &HttpError) {
+        tracing::warn!("Central: {e}; enforcing the last-known-good state");
+        self.set_status(|s| {
+            s.state = "disconnected".into();
+            s.last_error = Some(e.to_string());
+        });
+    }
+
+    async fn identity(&self) -> Result<GatewayIdentity, String> {
+        if let Some(id) = lock(&self.identity).clone() {
+            return Ok(id);
+        }
+        let Some(token) = self.config.enrollment_token.clone() else {
+            self.set_status(|s| s.state = "not enrolled".into());
+            return Err(format!(
+                "not enrolled with Central and no [central] enrollment_token: create one with `hbgw-central token` and put it in the config (state dir {})",
+                self.config.state_dir.display()
+            ));
+        };
+        let body = serde_json::to_vec(&EnrollRequest { token, name: self.config.name.clone() }).map_err(|e| e.to_string())?;
+        let (_, answer) = self
+            .client
+            .call(Method::POST, "/v1/enroll", None, Some(("application/json", body)), Duration::from_secs(15), 64 << 10)
+            .await
+            .map_err(|e| format!("enrollment failed: {e}"))?;
+        let id: GatewayIdentity =
+            serde_json::from_slice(&answer).map_err(|e| format!("enrollment: Central's answer is not an identity ({e})"))?;
+        let path = self.config.state_dir.join(IDENTITY_FILE);
+        write_atomic(&path, &serde_json::to_vec(&id).map_err(|e| e.to_string())?, true)
+            .map_err(|e| format!("cannot store the gateway identity in {}: {e}", path.display()))?;
+        tracing::info!(gateway_id = %id.gateway_id, "enrolled with Central");
+        self.set_status(|s| s.gateway_id = Some(id.gateway_id.clone()));
+        *lock(&self.identity) = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Parses, validates, publishes and commits one sync answer (blocking).
+    fn apply(&self, body: &[u8], since: u64) -> Result<bool, UpdateError> {
+        let answer: SyncAnswer = serde_json::from_slice(body)
+            .map_err(|e| UpdateError::Invalid(format!("Central's sync answer does not parse ({e}): check that [central] url is a Central")))?;
+        if answer.snapshot.is_none() && answer.changes.as_ref().is_none_or(Vec::is_empty) {
+            if answer.revision != since {
+                return Err(UpdateError::Gap { have: since, next: answer.revision });
+            }
+            return Ok(false);
+        }
+        let mut synced = lock(&self.synced);
+        let prepared = synced.prepare(&answer, self.config.max_indicators)?;
+        let snapshot = answer.snapshot.is_some();
+        // Publish: certificates, then indicators, then policy (each whole).
+        if let Some(certs) = &self.certs {
+            for (_, c) in &prepared.certs_added {
+                if let Err(e) = certs.add_der(&c.der) {
+                    tracing::warn!("endpoint certificate {}: {e}", c.name);
+                }
+            }
+            for fp in &prepared.certs_removed {
+                certs.remove(fp);
+            }
+        }
+        if let Some(set) = &prepared.indicators {
+            self.state.set_indicators(set.clone());
+        }
+        if let Some(p) = &prepared.policy {
+            self.state.set_policy(p.clone().unwrap_or_else(|| no_policy(self.config.before_first_sync)));
+        }
+        let (added, removed, new_set) = (prepared.certs_added.len(), prepared.certs_removed.len(), prepared.indicators.is_some());
+        synced.commit(prepared);
+        self.dirty.store(true, Ordering::Release);
+        let (rev, has_policy, ncerts) = (synced.revision, synced.policy.is_some(), synced.certs.len());
+        drop(synced);
+        let indicators = self.state.indicators().len() as u64;
+        self.set_status(|s| {
+            s.revision = rev;
+            s.updates_applied += 1;
+            s.snapshots += u64::from(snapshot);
+            s.policy_from_central = has_policy;
+            s.indicators = indicators;
+            s.endpoint_certs = ncerts as u64;
+            s.last_error = None;
+        });
+        tracing::info!(
+            "Central revision {rev} applied{}: {indicators} indicators{}, {added} certificate(s) pinned, {removed} removed",
+            if snapshot { " (full snapshot)" } else { "" },
+            if new_set { " (new set)" } else { "" }
+        );
+        Ok(true)
+    }
+
+    /// Replaces one third-party feed's indicators (blocking).
+    fn apply_third_party(&self, feed: &str, list: Vec<(IndicatorKind, String)>) -> Result<bool, UpdateError> {
+        let mut synced = lock(&self.synced);
+        if synced.third_party.get(feed) == Some(&list) {
+            return Ok(false);
+        }
+        let old = synced.third_party.insert(feed.to_owned(), list);
+        match synced.build_indicators() {
+            Ok(set) => {
+                self.state.set_indicators(set);
+                self.dirty.store(true, Ordering::Release);
+                let n = self.state.indicators().len() as u64;
+                self.set_status(|s| s.indicators = n);
+                Ok(true)
+            }
+            Err(e) => {
+                match old {
+                    Some(o) => synced.third_party.insert(feed.to_owned(), o),
+                    None => synced.third_party.remove(feed),
+                };
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn sync_loop(ctx: Arc<Ctx>) {
+    let mut backoff = Backoff::new();
+    let mut force_snapshot = false;
+    let wait = ctx.config.wait_s.clamp(1, super::protocol::MAX_WAIT_S);
+    loop {
+        let identity = match ctx.identity().await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!("Central: {e}");
+                ctx.set_status(|s| s.last_error = Some(e));
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            }
+        };
+        let since = if force_snapshot { 0 } else { lock(&ctx.synced).revision };
+        let path = format!("/v1/sync?since={since}&wait={wait}");
+        let answer = ctx
+            .client
+            .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
+            .await;
+        let body = match answer {
+            Ok((_, body)) => body,
+            Err(e) => {
+                ctx.disconnected(&e);
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            }
+        };
+        ctx.set_status(|s| {
+            s.state = "connected".into();
+            s.last_contact_ms = Some(now_ms());
+        });
+        let worker = ctx.clone();
+        let applied = tokio::task::spawn_blocking(move || worker.apply(&body, since)).await;
+        match applied {
+            Ok(Ok(_)) => {
+                backoff.reset();
+                force_snapshot = false;
+            }
+            Ok(Err(UpdateError::Gap { have, next })) => {
+                tracing::warn!("Central: revision gap (have {have}, offered {next}): asking for a full snapshot");
+                force_snapshot = true;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("Central update refused, previous state stays in force: {e}");
+                ctx.set_status(|s| {
+                    s.updates_rejected += 1;
+                    s.last_error = Some(format!("update refused: {e}"));
+                });
+                tokio::time::sleep(backoff.next()).await;
+            }
+            Err(e) => {
+                tracing::warn!("Central update: {e}");
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
+async fn persist_loop(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !ctx.dirty.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        let c = ctx.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let s = lock(&c.synced);
+            save_state(&c.config.state_dir, &s)
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("{e}: will retry");
+                ctx.dirty.store(true, Ordering::Release);
+            }
+            Err(e) => tracing::warn!("state write: {e}"),
+        }
+    }
+}
+
+async fn upload_loop(ctx: Arc<Ctx>) {
+    let mut backoff = Backoff::new();
+    let every = Duration::from_millis(ctx.config.upload_interval_ms);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(id) = lock(&ctx.identity).clone() else { continue };
+        loop {
+            let batch = {
+                let mut sp = lock(&ctx.spool);
+                sp.flush();
+                let n = sp.len() as u64;
+                let dropped = sp.dropped;
+                let uploaded = sp.uploaded;
+                ctx.set_status(|s| {
+                    s.events_spooled = n;
+                    s.events_dropped = dropped;
+                    s.events_uploaded = uploaded;
+                });
+                sp.batch(super::protocol::MAX_LOG_BATCH)
+            };
+            let Some((last, body)) = batch else { break };
+            let r = ctx
+                .client
+                .call(Method::POST, "/v1/logs", Some(&id.bearer()), Some(("application/json", body)), Duration::from_secs(30), 1 << 20)
+                .await;
+            match r.map(|(_, b)| serde_json::from_slice::<LogAck>(&b)) {
+                Ok(Ok(_)) => {
+                    if let Err(e) = lock(&ctx.spool).ack(last) {
+                        tracing::warn!("{e}");
+                    }
+                    backoff.reset();
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("Central's answer to a log upload does not parse ({e}): will resend");
+                    tokio::time::sleep(backoff.next()).await;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!("log upload: {e}");
+                    tokio::time::sleep(backoff.next()).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn health_loop(ctx: Arc<Ctx>, health: HealthSource) {
+    let every = Duration::from_secs(ctx.config.health_interval_s);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(id) = lock(&ctx.identity).clone() else { continue };
+        let mut v = health();
+        let status = lock(&ctx.status).clone();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("revision".into(), status.revision.into());
+            o.insert("indicators".into(), serde_json::to_value(ctx.state.indicators().counts()).unwrap_or_default());
+            o.insert("events_spooled".into(), status.events_spooled.into());
+            o.insert("events_dropped".into(), status.events_dropped.into());
+            o.insert("fail_open_frames".into(), status.fail_open_frames.into());
+        }
+        let body = serde_json::to_vec(&v).unwrap_or_default();
+        if let Err(e) = ctx
+            .client
+            .call(Method::POST, "/v1/health", Some(&id.bearer()), Some(("application/json", body)), Duration::from_secs(15), 64 << 10)
+            .await
+        {
+            tracing::debug!("health summary: {e}");
+        }
+    }
+}
+
+async fn feed_loop(ctx: Arc<Ctx>, feed: ThirdPartyFeedSection) {
+    let setup = (|| -> Result<(HttpsClient, String), String> {
+        let ca_path = feed.ca.clone().unwrap_or_else(|| ctx.config.ca.clone());
+        let ca = std::fs::read(&ca_path).map_err(|e| format!("feed {}: cannot read CA {}: {e}", feed.name, ca_path.display()))?;
+        let rest = feed.url.strip_prefix("https://").unwrap_or(&feed.url);
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let client = HttpsClient::new(&format!("https://{authority}"), &ca).map_err(|e| format!("feed {}: {e}", feed.name))?;
+        Ok((client, path.to_owned()))
+    })();
+    let (client, path) = match setup {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("{e}: this feed is not polled");
+            ctx.set_status(|s| s.last_error = Some(e));
+            return;
+        }
+    };
+    let list_type = match feed.list_type.as_deref() {
+        Some("ipv4") => ListType::Ipv4,
+        Some("ipv6") => ListType::Ipv6,
+        Some("domain") => ListType::Domain,
+        Some("url") => ListType::Url,
+        _ => ListType::Any,
+    };
+    loop {
+        let r = client.call(Method::GET, &path, None, None, Duration::from_secs(60), feed.max_bytes).await;
+        match r {
+            Ok((_, body)) => {
+                let c = ctx.clone();
+                let f = feed.clone();
+                let applied = tokio::task::spawn_blocking(move || {
+                    let text = std::str::from_utf8(&body)
+                        .map_err(|_| UpdateError::Invalid(format!("feed {}: not UTF-8 text", f.name)))?;
+                    let list: Vec<WireIndicator> = match f.format {
+                        ThirdPartyFormat::List => parse_plain_list(text, &f.name, list_type)?,
+                        ThirdPartyFormat::Stix => parse_stix_bundle(text, &f.name, time::OffsetDateTime::now_utc())?.indicators,
+                    };
+                    let parsed = list
+                        .into_iter()
+                        .map(|w| w.value.parse::<IndicatorKind>().map(|k| (k, w.audit_id)))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| UpdateError::Invalid(e.to_string()))?;
+                    let n = parsed.len();
+                    c.apply_third_party(&f.name, parsed).map(|changed| (changed, n))
+                })
+                .await;
+                match applied {
+                    Ok(Ok((true, n))) => tracing::info!("feed {}: {n} indicator(s) in force", feed.name),
+                    Ok(Ok((false, _))) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!("feed {} refused, its previous indicators stay in force: {e}", feed.name);
+                        ctx.set_status(|s| s.last_error = Some(format!("feed {}: {e}", feed.name)));
+                    }
+                    Err(e) => tracing::warn!("feed {}: {e}", feed.name),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("feed {}: {e}; its previous indicators stay in force", feed.name);
+                ctx.set_status(|s| s.last_error = Some(format!("feed {}: {e}", feed.name)));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(feed.interval_s)).await;
+    }
+}

@@ -1,0 +1,753 @@
+//! The Central wire format (`docs/central-protocol.md`) and the gateway's
+//! model of what Central shared: [`SyncedState`].
+//!
+//! This module owns the JSON shapes both sides speak and the validation every
+//! received value passes before it can reach a worker: an update is checked
+//! and compiled whole ([`SyncedState::prepare`]) and only then committed
+//! ([`SyncedState::commit`]), so a bad value rejects the whole update and the
+//! previous state stays. It must never publish anything itself (that is the
+//! client's job, with the compiled result) and never panic on input.
+
+use crate::heartbeat::CertFingerprint;
+use hbgw_shared::indicators::{
+    IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
+};
+use hbgw_shared::policy::{CompiledPolicy, Policy};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Longest indicator value accepted.
+pub const MAX_VALUE_LEN: usize = 2048;
+/// Longest audit ID accepted.
+pub const MAX_AUDIT_ID_LEN: usize = 256;
+/// Longest feed name accepted.
+pub const MAX_FEED_LEN: usize = 64;
+/// Most events in one log batch.
+pub const MAX_LOG_BATCH: usize = 1000;
+/// Largest log batch body.
+pub const MAX_LOG_BATCH_BYTES: usize = 16 << 20;
+/// Longest long-poll wait Central grants, seconds.
+pub const MAX_WAIT_S: u64 = 60;
+
+/// One indicator as Central sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireIndicator {
+    /// An IPv4/IPv6 address or network, a domain, or a URL.
+    pub value: String,
+    /// The analyst's id; the indicator's identity.
+    pub audit_id: String,
+    /// The feed it belongs to.
+    pub feed: String,
+}
+
+/// A pinned endpoint certificate as Central sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireEndpointCert {
+    /// The endpoint's name.
+    pub name: String,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// The certificate, PEM.
+    pub pem: String,
+}
+
+/// One journaled change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    /// Indicators added (an existing audit ID is replaced).
+    IndicatorsAdd {
+        /// The indicators.
+        indicators: Vec<WireIndicator>,
+    },
+    /// Indicators removed by audit ID.
+    IndicatorsRemove {
+        /// Their audit IDs.
+        audit_ids: Vec<String>,
+    },
+    /// A new policy (TOML, `shared/src/policy.rs` format).
+    PolicySet {
+        /// The policy text.
+        policy: String,
+    },
+    /// New MDR threat feed settings.
+    FeedSettingsSet {
+        /// The settings.
+        settings: ThreatFeedSettings,
+    },
+    /// The whole exclusion list.
+    ExclusionsSet {
+        /// The exclusions.
+        exclusions: Vec<String>,
+    },
+    /// An endpoint certificate to pin.
+    EndpointCertAdd(WireEndpointCert),
+    /// An endpoint certificate to unpin.
+    EndpointCertRemove {
+        /// SHA-256 of the DER, hex.
+        fingerprint: String,
+    },
+}
+
+/// A change with its revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalEntry {
+    /// The revision the change made.
+    pub revision: u64,
+    /// The change.
+    pub change: Change,
+}
+
+/// Everything Central shares, at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// The policy text; none yet: the gateway's before-first-policy choice.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// MDR threat feed settings.
+    #[serde(default)]
+    pub feed_settings: ThreatFeedSettings,
+    /// Threat exclusions.
+    #[serde(default)]
+    pub exclusions: Vec<String>,
+    /// Indicators.
+    #[serde(default)]
+    pub indicators: Vec<WireIndicator>,
+    /// Endpoint certificates.
+    #[serde(default)]
+    pub endpoint_certs: Vec<WireEndpointCert>,
+}
+
+/// The answer to `GET /v1/sync`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncAnswer {
+    /// Central's revision.
+    pub revision: u64,
+    /// The changes after the gateway's revision (incremental answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<JournalEntry>>,
+    /// Everything (full answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+}
+
+/// `POST /v1/enroll` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The one-time enrollment token.
+    pub token: String,
+    /// The gateway's name.
+    pub name: String,
+}
+
+/// `POST /v1/enroll` answer; stored by the gateway as its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayIdentity {
+    /// Central's id for the gateway.
+    pub gateway_id: String,
+    /// Its secret (hex).
+    pub secret: String,
+}
+
+impl GatewayIdentity {
+    /// The bearer credential.
+    pub fn bearer(&self) -> String {
+        format!("{}.{}", self.gateway_id, self.secret)
+    }
+}
+
+/// One uploaded log event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogEvent {
+    /// The gateway's sequence number (idempotency key).
+    pub seq: u64,
+    /// The log record (one JSON line of the event log).
+    pub record: serde_json::Value,
+}
+
+/// `POST /v1/logs` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    /// `FIRST-LAST` sequence numbers.
+    pub batch_id: String,
+    /// The events, in sequence order.
+    pub events: Vec<LogEvent>,
+}
+
+/// `POST /v1/logs` answer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogAck {
+    /// Events stored now.
+    pub accepted: u64,
+    /// Events Central already had.
+    pub duplicates: u64,
+}
+
+/// `{"error": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line: cause and fix.
+    pub error: String,
+}
+
+/// Why an update (or a persisted state) cannot be applied; always one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// A value fails validation.
+    #[error("{0}")]
+    Invalid(String),
+    /// Revisions out of order or with a hole.
+    #[error("revision gap: have {have}, next change is {next}: a full resync is needed")]
+    Gap {
+        /// The revision in force.
+        have: u64,
+        /// The first revision offered.
+        next: u64,
+    },
+}
+
+fn bad(msg: impl Into<String>) -> UpdateError {
+    UpdateError::Invalid(msg.into())
+}
+
+/// Checks an indicator's fields and parses its value.
+pub fn check_indicator(i: &WireIndicator) -> Result<IndicatorKind, UpdateError> {
+    if i.value.len() > MAX_VALUE_LEN {
+        return Err(bad(format!(
+            "indicator `{}...` is {} bytes: keep values under {MAX_VALUE_LEN} bytes",
+            i.value.chars().take(40).collect::<String>(),
+            i.value.len()
+        )));
+    }
+    if i.audit_id.is_empty() || i.audit_id.len() > MAX_AUDIT_ID_LEN || i.audit_id.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "indicator `{}`: audit id {:?} is empty, longer than {MAX_AUDIT_ID_LEN} bytes or has control characters: give a printable audit id",
+            i.value, i.audit_id
+        )));
+    }
+    check_feed_name(&i.feed)?;
+    i.value.parse::<IndicatorKind>().map_err(|e| bad(e.to_string()))
+}
+
+/// Checks a feed name.
+pub fn check_feed_name(feed: &str) -> Result<(), UpdateError> {
+    if feed.is_empty()
+        || feed.len() > MAX_FEED_LEN
+        || !feed.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(bad(format!(
+            "feed name {feed:?}: use 1 to {MAX_FEED_LEN} letters, digits, '.', '_' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses and compiles a policy text.
+pub fn check_policy(text: &str) -> Result<(Policy, CompiledPolicy), UpdateError> {
+    let policy = Policy::parse(text, Path::new("central policy")).map_err(|e| bad(e.to_string()))?;
+    let compiled = policy.compile().map_err(|e| bad(e.to_string()))?;
+    Ok((policy, compiled))
+}
+
+/// Parses an exclusion list.
+pub fn check_exclusions(list: &[String]) -> Result<Vec<ThreatExclusion>, UpdateError> {
+    list.iter()
+        .map(|e| {
+            if e.len() > MAX_VALUE_LEN {
+                return Err(bad(format!("threat exclusion of {} bytes: keep it under {MAX_VALUE_LEN}", e.len())));
+            }
+            e.parse::<ThreatExclusion>().map_err(|err| bad(err.to_string()))
+        })
+        .collect()
+}
+
+/// Checks feed settings' feed names.
+pub fn check_feed_settings(s: &ThreatFeedSettings) -> Result<(), UpdateError> {
+    s.feeds.keys().try_for_each(|f| check_feed_name(f))
+}
+
+/// Parses a fingerprint in hex.
+pub fn parse_fingerprint(hex: &str) -> Result<CertFingerprint, UpdateError> {
+    let b = hex.as_bytes();
+    if b.len() != 64 {
+        return Err(bad(format!("certificate fingerprint {hex:?}: give 64 hex digits (SHA-256 of the DER)")));
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok().and_then(|s| u8::from_str_radix(s, 16).ok());
+        out[i] = s.ok_or_else(|| bad(format!("certificate fingerprint {hex:?} is not hex: give 64 hex digits")))?;
+    }
+    Ok(CertFingerprint(out))
+}
+
+/// Parses an endpoint certificate and checks its fingerprint; returns the DER.
+pub fn check_cert(c: &WireEndpointCert) -> Result<(CertFingerprint, Vec<u8>), UpdateError> {
+    let claimed = parse_fingerprint(&c.fingerprint)?;
+    let der = CertificateDer::from_pem_slice(c.pem.as_bytes()).map_err(|e| {
+        bad(format!("endpoint certificate `{}`: not a PEM certificate ({e}): send the certificate Central issued", c.name))
+    })?;
+    x509_parser::parse_x509_certificate(&der).map_err(|e| {
+        bad(format!("endpoint certificate `{}`: does not parse ({e}): send the certificate Central issued", c.name))
+    })?;
+    let actual = CertFingerprint::of(&der);
+    if actual != claimed {
+        return Err(bad(format!(
+            "endpoint certificate `{}`: fingerprint {} does not match its certificate ({actual}): resend it",
+            c.name, c.fingerprint
+        )));
+    }
+    Ok((actual, der.to_vec()))
+}
+
+/// One indicator as the gateway keeps it: parsed once, never re-parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldIndicator {
+    /// What it matches.
+    pub kind: IndicatorKind,
+    /// Its feed (interned).
+    pub feed: Arc<str>,
+}
+
+/// A pinned certificate as the gateway keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCert {
+    /// The endpoint's name.
+    pub name: String,
+    /// The PEM text (persisted as received).
+    pub pem: String,
+    /// The DER.
+    pub der: Vec<u8>,
+}
+
+/// What Central shared, as the gateway holds it, at [`SyncedState::revision`].
+#[derive(Debug, Clone, Default)]
+pub struct SyncedState {
+    /// The revision this state is at (0: nothing from Central yet).
+    pub revision: u64,
+    /// The policy text, if Central sent one.
+    pub policy: Option<String>,
+    /// MDR threat feed settings.
+    pub feed_settings: ThreatFeedSettings,
+    /// Threat exclusions as sent.
+    pub exclusions: Vec<String>,
+    /// Indicators by audit ID.
+    pub indicators: HashMap<Box<str>, HeldIndicator>,
+    /// Endpoint certificates by fingerprint.
+    pub certs: BTreeMap<CertFingerprint, HeldCert>,
+    /// Indicators from third-party feeds the gateway polls itself, by feed name.
+    pub third_party: BTreeMap<String, Vec<(IndicatorKind, String)>>,
+}
+
+/// What changes when an update is committed, compiled and ready to publish.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The revision after the update.
+    pub revision: u64,
+    /// `Some`: the policy to publish (`Some(None)`: Central has no policy,
+    /// the gateway's before-first-policy choice applies); `None`: unchanged.
+    pub policy: Option<Option<CompiledPolicy>>,
+    /// A new indicator set (indicators, settings or exclusions changed).
+    pub indicators: Option<IndicatorSet>,
+    /// Certificates to pin.
+    pub certs_added: Vec<(CertFingerprint, HeldCert)>,
+    /// Certificates to unpin.
+    pub certs_removed: Vec<CertFingerprint>,
+    /// The model after the update (moved into place by [`SyncedState::commit`]).
+    next: Pending,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// Replace everything.
+    Whole(Box<SyncedState>),
+    /// Apply these changes to the current model (already validated).
+    Changes(Vec<ValidChange>),
+}
+
+#[derive(Debug)]
+enum ValidChange {
+    Add(Vec<(Box<str>, HeldIndicator)>),
+    Remove(Vec<String>),
+    Policy(String),
+    Settings(ThreatFeedSettings),
+    Exclusions(Vec<String>),
+    CertAdd(CertFingerprint, HeldCert),
+    CertRemove(CertFingerprint),
+}
+
+/// Interns feed names so that a million indicators share a handful of strings.
+#[derive(Default)]
+struct FeedNames(HashMap<String, Arc<str>>);
+impl FeedNames {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(name) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(name);
+        self.0.insert(name.to_owned(), a.clone());
+        a
+    }
+}
+
+impl SyncedState {
+    /// The state of a snapshot, validated whole.
+    pub fn from_snapshot(revision: u64, snap: &Snapshot, limit: usize) -> Result<SyncedState, UpdateError> {
+        if snap.indicators.len() > limit {
+            return Err(bad(format!(
+                "snapshot holds {} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds",
+                snap.indicators.len()
+            )));
+        }
+        if let Some(p) = &snap.policy {
+            check_policy(p)?;
+        }
+        check_feed_settings(&snap.feed_settings)?;
+        check_exclusions(&snap.exclusions)?;
+        let mut names = FeedNames::default();
+        let mut indicators = HashMap::with_capacity(snap.indicators.len());
+        for i in &snap.indicators {
+            let kind = check_indicator(i)?;
+            indicators.insert(Box::from(i.audit_id.as_str()), HeldIndicator { kind, feed: names.get(&i.feed) });
+        }
+        let mut certs = BTreeMap::new();
+        for c in &snap.endpoint_certs {
+            let (fp, der) = check_cert(c)?;
+            certs.insert(fp, HeldCert { name: c.name.clone(), pem: c.pem.clone(), der });
+        }
+        Ok(SyncedState {
+            revision,
+            policy: snap.policy.clone(),
+            feed_settings: snap.feed_settings.clone(),
+            exclusions: snap.exclusions.clone(),
+            indicators,
+            certs,
+            third_party: BTreeMap::new(),
+        })
+    }
+
+    /// The snapshot of this state (what is persisted).
+    pub fn to_snapshot(&self) -> Snapshot {
+        let mut indicators: Vec<WireIndicator> = self
+            .indicators
+            .iter()
+            .map(|(a, h)| WireIndicator { value: h.kind.to_string(), audit_id: a.to_string(), feed: h.feed.to_string() })
+            .collect();
+        indicators.sort_by(|a, b| a.audit_id.cmp(&b.audit_id));
+        Snapshot {
+            policy: self.policy.clone(),
+            feed_settings: self.feed_settings.clone(),
+            exclusions: self.exclusions.clone(),
+            indicators,
+            endpoint_certs: self
+                .certs
+                .iter()
+                .map(|(fp, c)| WireEndpointCert { name: c.name.clone(), fingerprint: fp.to_string(), pem: c.pem.clone() })
+                .collect(),
+        }
+    }
+
+    /// Compiles the policy in force (`None`: no policy from Central yet).
+    pub fn compiled_policy(&self) -> Result<Option<(Policy, CompiledPolicy)>, UpdateError> {
+        self.policy.as_deref().map(check_policy).transpose()
+    }
+
+    /// Builds the indicator set of this state (Central's and third-party indicators).
+    pub fn build_indicators(&self) -> Result<IndicatorSet, UpdateError> {
+        build_set(
+            self.indicators.iter().map(|(a, h)| (&h.kind, &**a, &*h.feed)),
+            &self.third_party,
+            &self.feed_settings,
+            &self.exclusions,
+        )
+    }
+
+    /// Validates and compiles an answer from Central against this state,
+    /// changing nothing. `limit` caps the indicators held.
+    pub fn prepare(&self, answer: &SyncAnswer, limit: usize) -> Result<Prepared, UpdateError> {
+        if let Some(snap) = &answer.snapshot {
+            let mut next = Self::from_snapshot(answer.revision, snap, limit)?;
+            next.third_party = self.third_party.clone();
+            let policy = next.compiled_policy()?.map(|(_, c)| c);
+            let indicators = next.build_indicators()?;
+            let certs_added: Vec<_> = next.certs.iter().filter(|(fp, _)| !self.certs.contains_key(fp)).map(|(f, c)| (*f, c.clone())).collect();
+            let certs_removed: Vec<_> = self.certs.keys().filter(|fp| !next.certs.contains_key(fp)).copied().collect();
+            return Ok(Prepared {
+                revision: answer.revision,
+                policy: Some(policy),
+                indicators: Some(indicators),
+                certs_added,
+                certs_removed,
+                next: Pending::Whole(Box::new(next)),
+            });
+        }
+        let changes = answer.changes.as_deref().unwrap_or_default();
+        let mut expect = self.revision;
+        let mut valid = Vec::with_capacity(changes.len());
+        let mut names = FeedNames::default();
+        // What the indicator map will look like, without copying it.
+        let mut added: HashMap<Box<str>, HeldIndicator> = HashMap::new();
+        let mut removed: HashSet<Box<str>> = HashSet::new();
+        let mut policy_text: Option<&str> = None;
+        let mut settings: Option<&ThreatFeedSettings> = None;
+        let mut exclusions: Option<&[String]> = None;
+        let mut indicators_touched = false;
+        let mut certs_added = Vec::new();
+        let mut certs_removed = Vec::new();
+        for e in changes {
+            if e.revision != expect + 1 {
+                return Err(UpdateError::Gap { have: expect, next: e.revision });
+            }
+            expect = e.revision;
+            let at = |err: UpdateError| match err {
+                UpdateError::Invalid(m) => bad(format!("revision {}: {m}", e.revision)),
+                other => other,
+            };
+            match &e.change {
+                Change::IndicatorsAdd { indicators } => {
+                    let mut batch = Vec::with_capacity(indicators.len());
+                    for i in indicators {
+                        let kind = check_indicator(i).map_err(at)?;
+                        let held = HeldIndicator { kind, feed: names.get(&i.feed) };
+                        let key: Box<str> = Box::from(i.audit_id.as_str());
+                        removed.remove(&key);
+                        added.insert(key.clone(), held.clone());
+                        batch.push((key, held));
+                    }
+                    indicators_touched = true;
+                    valid.push(ValidChange::Add(batch));
+                }
+                Change::IndicatorsRemove { audit_ids } => {
+                    for a in audit_ids {
+                        let key: Box<str> = Box::from(a.as_str());
+                        added.remove(&key);
+                        removed.insert(key);
+                    }
+                    indicators_touched = true;
+                    valid.push(ValidChange::Remove(audit_ids.clone()));
+                }
+                Change::PolicySet { policy } => {
+                    check_policy(policy).map_err(at)?;
+                    policy_text = Some(policy);
+                    valid.push(ValidChange::Policy(policy.clone()));
+                }
+                Change::FeedSettingsSet { settings: s } => {
+                    check_feed_settings(s).map_err(at)?;
+                    settings = Some(s);
+                    valid.push(ValidChange::Settings(s.clone()));
+                }
+                Change::ExclusionsSet { exclusions: x } => {
+                    check_exclusions(x).map_err(at)?;
+                    exclusions = Some(x);
+                    valid.push(ValidChange::Exclusions(x.clone()));
+                }
+                Change::EndpointCertAdd(c) => {
+                    let (fp, der) = check_cert(c).map_err(at)?;
+                    let held = HeldCert { name: c.name.clone(), pem: c.pem.clone(), der };
+                    certs_removed.retain(|f| *f != fp);
+                    certs_added.push((fp, held.clone()));
+                    valid.push(ValidChange::CertAdd(fp, held));
+                }
+                Change::EndpointCertRemove { fingerprint } => {
+                    let fp = parse_fingerprint(fingerprint).map_err(at)?;
+                    certs_added.retain(|(f, _)| *f != fp);
+                    certs_removed.push(fp);
+                    valid.push(ValidChange::CertRemove(fp));
+                }
+            }
+        }
+        if answer.revision != expect {
+            return Err(UpdateError::Gap { have: expect, next: answer.revision });
+        }
+        let policy = policy_text.map(check_policy).transpose()?.map(|(_, c)| Some(c));
+        let indicators = if indicators_touched || settings.is_some() || exclusions.is_some() {
+            let kept = self.indicators.iter().filter(|(a, _)| !removed.contains(*a) && !added.contains_key(*a));
+            let count = kept.clone().count() + added.len();
+            if count > limit {
+                return Err(bad(format!(
+                    "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
+                )));
+            }
+            let all = kept.chain(added.iter()).map(|(a, h)| (&h.kind, &**a, &*h.feed));
+            Some(build_set(
+                all,
+                &self.third_party,
+                settings.unwrap_or(&self.feed_settings),
+                exclusions.unwrap_or(&self.exclusions),
+            )?)
+        } else {
+            None
+        };
+        Ok(Prepared {
+            revision: answer.revision,
+            policy,
+            indicators,
+            certs_added,
+            certs_removed,
+            next: Pending::Changes(valid),
+        })
+    }
+
+    /// Moves a prepared update into the model (cannot fail: it was validated).
+    pub fn commit(&mut self, prepared: Prepared) -> Prepared {
+        let Prepared { revision, policy, indicators, certs_added, certs_removed, next } = prepared;
+        match next {
+            Pending::Whole(s) => *self = *s,
+            Pending::Changes(changes) => {
+                for c in changes {
+                    match c {
+                        ValidChange::Add(batch) => self.indicators.extend(batch),
+                        ValidChange::Remove(ids) => {
+                            for a in ids {
+                                self.indicators.remove(a.as_str());
+                            }
+                        }
+                        ValidChange::Policy(p) => self.policy = Some(p),
+                        ValidChange::Settings(s) => self.feed_settings = s,
+                        ValidChange::Exclusions(x) => self.exclusions = x,
+                        ValidChange::CertAdd(fp, c) => {
+                            self.certs.insert(fp, c);
+                        }
+                        ValidChange::CertRemove(fp) => {
+                            self.certs.remove(&fp);
+                        }
+                    }
+                }
+                self.revision = revision;
+            }
+        }
+        Prepared { revision, policy, indicators, certs_added, certs_removed, next: Pending::Changes(Vec::new()) }
+    }
+}
+
+fn build_set<'a>(
+    central: impl Iterator<Item = (&'a IndicatorKind, &'a str, &'a str)>,
+    third_party: &BTreeMap<String, Vec<(IndicatorKind, String)>>,
+    settings: &ThreatFeedSettings,
+    exclusions: &[String],
+) -> Result<IndicatorSet, UpdateError> {
+    let (lower, _) = central.size_hint();
+    let mut b = IndicatorSetBuilder::with_capacity(lower + third_party.values().map(Vec::len).sum::<usize>());
+    for (kind, audit, feed) in central {
+        b.add_parts(kind, audit, feed).map_err(|e| bad(e.to_string()))?;
+    }
+    for (feed, list) in third_party {
+        for (kind, audit) in list {
+            b.add_parts(kind, audit, feed).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let ex = check_exclusions(exclusions)?;
+    b.build(settings).with_exclusions(&ex).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hbgw_shared::indicators::FeedAction;
+
+    fn ind(v: &str, a: &str) -> WireIndicator {
+        WireIndicator { value: v.into(), audit_id: a.into(), feed: "mdr".into() }
+    }
+    fn delta(from: u64, changes: Vec<Change>) -> SyncAnswer {
+        let n = changes.len() as u64;
+        SyncAnswer {
+            revision: from + n,
+            changes: Some(changes.into_iter().enumerate().map(|(i, change)| JournalEntry { revision: from + 1 + i as u64, change }).collect()),
+            snapshot: None,
+        }
+    }
+
+    #[test]
+    fn changes_apply_in_order_and_build_the_set() {
+        let mut s = SyncedState::default();
+        let a = delta(0, vec![
+            Change::IndicatorsAdd { indicators: vec![ind("203.0.113.9", "A1"), ind("evil.example", "A2")] },
+            Change::IndicatorsRemove { audit_ids: vec!["A1".into()] },
+            Change::FeedSettingsSet { settings: ThreatFeedSettings { action: FeedAction::LogOnly, ..Default::default() } },
+        ]);
+        let p = s.prepare(&a, 100).unwrap();
+        let set = p.indicators.as_ref().unwrap();
+        assert!(set.match_ip("203.0.113.9".parse().unwrap()).hit().is_none());
+        assert!(set.match_domain(b"www.evil.example").hit().is_some());
+        assert_eq!(set.settings().action, FeedAction::LogOnly);
+        assert_eq!(s.revision, 0, "prepare changes nothing");
+        s.commit(p);
+        assert_eq!(s.revision, 3);
+        assert_eq!(s.indicators.len(), 1);
+        let again = s.build_indicators().unwrap();
+        assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn one_bad_value_rejects_the_whole_update() {
+        let mut s = SyncedState::default();
+        s.commit(s.prepare(&delta(0, vec![Change::IndicatorsAdd { indicators: vec![ind("198.51.100.1", "K")] }]), 10).unwrap());
+        let cases = vec![
+            Change::IndicatorsAdd { indicators: vec![ind("203.0.113.9", "A1"), ind("not a domain!", "A2")] },
+            Change::PolicySet { policy: "[[rule]]\nname = \"r\"\nsource_zones = [\"nowhere\"]\naction = \"accept\"\n".into() },
+            Change::ExclusionsSet { exclusions: vec!["10.0.0.0/99".into()] },
+            Change::EndpointCertRemove { fingerprint: "zz".into() },
+            Change::IndicatorsAdd { indicators: vec![WireIndicator { value: "1.2.3.4".into(), audit_id: "x".into(), feed: "bad feed".into() }] },
+        ];
+        for c in cases {
+            let a = delta(1, vec![Change::IndicatorsRemove { audit_ids: vec!["K".into()] }, c.clone()]);
+            let err = s.prepare(&a, 10).unwrap_err().to_string();
+            assert!(err.starts_with("revision 3:"), "{c:?}: {err}");
+            assert!(!err.contains('\n'));
+        }
+        assert_eq!(s.revision, 1);
+        assert_eq!(s.indicators.len(), 1);
+        let too_many = delta(1, vec![Change::IndicatorsAdd { indicators: (0..20).map(|i| ind(&format!("10.0.0.{i}"), &format!("B{i}"))).collect() }]);
+        assert!(s.prepare(&too_many, 10).unwrap_err().to_string().contains("limit of 10"));
+    }
+
+    #[test]
+    fn a_hole_in_the_revisions_is_a_gap() {
+        let s = SyncedState { revision: 5, ..Default::default() };
+        let mut a = delta(6, vec![Change::ExclusionsSet { exclusions: vec![] }]);
+        assert!(matches!(s.prepare(&a, 10), Err(UpdateError::Gap { have: 5, next: 7 })));
+        a.revision = 9;
+        a.changes = Some(vec![]);
+        assert!(matches!(s.prepare(&a, 10), Err(UpdateError::Gap { .. })));
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_replaces_certs() {
+        let pki = crate::heartbeat::pki::TestPki::generate("gw", &["ep0".into(), "ep1".into()]).unwrap();
+        let cert = |i: usize| WireEndpointCert {
+            name: pki.endpoints[i].name.clone(),
+            fingerprint: pki.endpoints[i].fingerprint.to_string(),
+            pem: pki.endpoints[i].cert_pem.clone(),
+        };
+        let mut s = SyncedState::default();
+        s.commit(s.prepare(&delta(0, vec![Change::EndpointCertAdd(cert(0))]), 10).unwrap());
+        let snap = Snapshot {
+            policy: Some("default_action = \"accept\"\n".into()),
+            indicators: vec![ind("malware.example", "M1")],
+            endpoint_certs: vec![cert(1)],
+            ..Default::default()
+        };
+        let p = s.prepare(&SyncAnswer { revision: 40, changes: None, snapshot: Some(snap.clone()) }, 10).unwrap();
+        assert_eq!(p.certs_added.len(), 1);
+        assert_eq!(p.certs_removed, vec![pki.endpoints[0].fingerprint]);
+        assert!(p.policy.is_some());
+        s.commit(p);
+        assert_eq!(s.revision, 40);
+        assert_eq!(s.to_snapshot(), snap);
+        let mut forged = cert(1);
+        forged.fingerprint = pki.endpoints[0].fingerprint.to_string();
+        assert!(check_cert(&forged).unwrap_err().to_string().contains("does not match"));
+    }
+}

@@ -1,0 +1,206 @@
+//! The gateway's Central client against a real in-process Central, and
+//! against a server that answers garbage: the last-known-good state stays in
+//! force, the refusal is counted and shown, and a good Central is followed
+//! again afterwards.
+
+use hbgw_controlplane::central::client::{load_start, save_state, CentralClient, CentralSetup};
+use hbgw_controlplane::central::http::{self, error, json_bytes};
+use hbgw_controlplane::central::protocol::{Change, JournalEntry, SyncAnswer, SyncedState, WireIndicator};
+use hbgw_controlplane::central::server::{self, Central};
+use hbgw_shared::config::{BeforeFirstSync, CentralSection};
+use hbgw_shared::state::GatewayState;
+use hbgw_shared::stats::CentralStatus;
+use hyper::StatusCode;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn section(url: String, dir: &Path, ca: &Path) -> CentralSection {
+    CentralSection {
+        url,
+        ca: ca.to_owned(),
+        state_dir: dir.join("gw"),
+        enrollment_token: None,
+        name: "t".into(),
+        before_first_sync: BeforeFirstSync::FailClosed,
+        wait_s: 1,
+        max_indicators: 1000,
+        max_update_bytes: 1 << 20,
+        spool_max_events: 100,
+        upload_interval_ms: 100,
+        health_interval_s: 60,
+        feeds: vec![],
+    }
+}
+
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(15), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_central_keeps_the_last_known_good_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    server::init(&d.join("central"), "localhost").unwrap();
+    let cert = std::fs::read(d.join("central/server.pem")).unwrap();
+    let key = std::fs::read(d.join("central/server.key")).unwrap();
+
+    // The gateway's last-known-good state: one indicator at revision 7.
+    let mut lkg = SyncedState::default();
+    let answer = SyncAnswer {
+        revision: 7,
+        changes: None,
+        snapshot: Some(hbgw_controlplane::central::protocol::Snapshot {
+            policy: Some("default_action = \"accept\"\n".into()),
+            indicators: vec![WireIndicator { value: "203.0.113.9".into(), audit_id: "A1".into(), feed: "mdr".into() }],
+            ..Default::default()
+        }),
+    };
+    let p = lkg.prepare(&answer, 1000).unwrap();
+    lkg.commit(p);
+    std::fs::create_dir_all(d.join("gw")).unwrap();
+    save_state(&d.join("gw"), &lkg).unwrap();
+    std::fs::write(d.join("gw/identity.json"), r#"{"gateway_id":"gw-1","secret":"s"}"#).unwrap();
+
+    // A server that answers every sync with garbage, then with a delta that
+    // holds a bad indicator, then with a good delta.
+    let mode = Arc::new(Mutex::new(0));
+    let m = mode.clone();
+    let handler: http::Handler = Arc::new(move |_req| {
+        let mode = *m.lock().unwrap();
+        Box::pin(async move {
+            let delta = |value: &str| {
+                serde_json::to_vec(&SyncAnswer {
+                    revision: 8,
+                    changes: Some(vec![JournalEntry {
+                        revision: 8,
+                        change: Change::IndicatorsAdd {
+                            indicators: vec![WireIndicator { value: value.into(), audit_id: "A2".into(), feed: "mdr".into() }],
+                        },
+                    }]),
+                    snapshot: None,
+                })
+                .unwrap()
+            };
+            match mode {
+                0 => json_bytes(StatusCode::OK, b"<html>garbage".to_vec()),
+                1 => json_bytes(StatusCode::OK, delta("not..valid")),
+                2 => json_bytes(StatusCode::OK, delta("198.51.100.4")),
+                _ => error(StatusCode::SERVICE_UNAVAILABLE, "down"),
+            }
+        })
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), handler));
+
+    let cfg = section(url, d, &d.join("central/ca.pem"));
+    let start = load_start(&cfg).unwrap();
+    assert_eq!(start.synced.revision, 7);
+    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
+    let status = Arc::new(Mutex::new(CentralStatus::default()));
+    let client = CentralClient::start(
+        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
+        state.clone(),
+        Box::new(|| serde_json::json!({})),
+    )
+    .unwrap();
+    let st = || status.lock().unwrap().clone();
+
+    wait_until("garbage refused", || st().updates_rejected >= 1).await;
+    assert!(st().last_error.unwrap().contains("does not parse"), "{:?}", st());
+    assert!(state.indicators().match_ip(ip("203.0.113.9")).drops(), "last-known-good still enforced");
+    assert_eq!(st().revision, 7);
+
+    *mode.lock().unwrap() = 1;
+    let before = st().updates_rejected;
+    wait_until("bad indicator refused", || st().updates_rejected > before && st().last_error.is_some_and(|e| e.contains("not..valid"))).await;
+    assert_eq!(st().revision, 7);
+    assert!(state.indicators().match_ip(ip("203.0.113.9")).drops());
+
+    *mode.lock().unwrap() = 2;
+    wait_until("good delta applied", || st().revision == 8).await;
+    assert!(state.indicators().match_ip(ip("198.51.100.4")).drops());
+    assert!(state.indicators().match_ip(ip("203.0.113.9")).drops());
+    assert_eq!(st().last_error, None);
+
+    *mode.lock().unwrap() = 3;
+    wait_until("unreachable shown", || st().state == "disconnected").await;
+    assert!(state.indicators().match_ip(ip("198.51.100.4")).drops());
+    client.finish();
+    // What was applied is what a restart loads.
+    let again = hbgw_controlplane::central::client::load_state(&d.join("gw"), 1000).unwrap().unwrap();
+    assert_eq!(again.revision, 8);
+    assert_eq!(again.indicators.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    server::init(&d.join("central"), "localhost").unwrap();
+    let central = Central::open(&d.join("central"), 2).unwrap();
+    let cert = std::fs::read(d.join("central/server.pem")).unwrap();
+    let key = std::fs::read(d.join("central/server.key")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), central.handler()));
+    let admin = http::HttpsClient::new(&url, &std::fs::read(d.join("central/ca.pem")).unwrap()).unwrap();
+    let token = std::fs::read_to_string(d.join("central/admin.token")).unwrap();
+    let call = |method: hyper::Method, path: &'static str, body: &'static str| {
+        let admin = admin.clone();
+        let token = token.trim().to_owned();
+        async move {
+            let (_, b) = admin
+                .call(method, path, Some(&token), Some(("application/json", body.as_bytes().to_vec())), Duration::from_secs(10), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+        }
+    };
+    let enroll = call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
+
+    let mut cfg = section(url, d, &d.join("central/ca.pem"));
+    cfg.enrollment_token = Some(enroll);
+    let start = load_start(&cfg).unwrap();
+    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
+    let status = Arc::new(Mutex::new(CentralStatus::default()));
+    let client = CentralClient::start(
+        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
+        state.clone(),
+        Box::new(|| serde_json::json!({})),
+    )
+    .unwrap();
+    let st = || status.lock().unwrap().clone();
+    wait_until("enrolled and connected", || st().state == "connected").await;
+    assert!(d.join("gw/identity.json").exists());
+
+    call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.1","audit_id":"X1"}]}"#).await;
+    wait_until("indicator 1", || state.indicators().match_ip(ip("203.0.113.1")).drops()).await;
+    // Journal keeps 2 revisions: a gateway that missed more gets a snapshot.
+    for body in [
+        r#"{"indicators":[{"value":"203.0.113.2","audit_id":"X2"}]}"#,
+        r#"{"indicators":[{"value":"203.0.113.3","audit_id":"X3"}]}"#,
+        r#"{"indicators":[{"value":"203.0.113.4","audit_id":"X4"}]}"#,
+    ] {
+        call(hyper::Method::POST, "/v1/admin/indicators", body).await;
+    }
+    call(hyper::Method::DELETE, "/v1/admin/indicators", r#"{"audit_ids":["X1"]}"#).await;
+    wait_until("revision 5", || st().revision == 5).await;
+    let set = state.indicators();
+    assert!(!set.match_ip(ip("203.0.113.1")).drops());
+    for a in ["203.0.113.2", "203.0.113.3", "203.0.113.4"] {
+        assert!(set.match_ip(ip(a)).drops(), "{a}");
+    }
+    assert!(st().updates_applied >= 2);
+    client.finish();
+}

@@ -1,0 +1,260 @@
+//! Central -> gateway: from an indicator posted at Central to the first
+//! matching packet a worker drops, and the full sync of a large feed.
+//!
+//!     cargo build --release -p hbgw-controlplane --bin hbgw-central
+//!     cargo run --release --example central_reaction -- single [ROUNDS]
+//!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE]
+//!     cargo run --release --example central_reaction -- sync [INDICATORS]
+//!
+//! A real `hbgw-central` runs as a child process (HTTPS, SQLite). In this
+//! process, the gateway's Central client (the one `hbgw` runs, on its own
+//! current-thread runtime, like the control plane) enrolls and long-polls,
+//! and a worker thread runs the enforcing pipeline over a frame to the next
+//! indicator's address, in bursts, as a DPDK worker would (no rx/tx).
+//!
+//! * `single`: each round posts one indicator (admin API) and waits for the
+//!   worker's first drop of a frame to it; indicators accumulate.
+//! * `batch`: each round posts SIZE indicators in one request (the frame's
+//!   address is the last of them).
+//! * `sync`: Central holds INDICATORS; a gateway with an empty state
+//!   directory starts; time to the whole set enforced, and this process's
+//!   resident memory before and after (Central's memory is its own process).
+
+use hbgw::gateway::port_context;
+use hbgw_controlplane::central::client::{load_start, CentralClient, CentralSetup};
+use hbgw_controlplane::central::http::HttpsClient;
+use hbgw_dataplane::enforce::EnforcementConfig;
+use hbgw_dataplane::pipeline::Standalone;
+use hbgw_dataplane::synth::tcp;
+use hbgw_dataplane::verdict::Verdict;
+use hbgw_shared::config::{BeforeFirstSync, CentralSection};
+use hbgw_shared::indicators::IndicatorSet;
+use hbgw_shared::policy::CompiledPolicy;
+use hbgw_shared::state::GatewayState;
+use hbgw_shared::stats::CentralStatus;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct CentralChild {
+    child: Child,
+    data: PathBuf,
+    admin: HttpsClient,
+    token: String,
+}
+
+impl Drop for CentralChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn central_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe.parent().and_then(Path::parent).expect("target dir").join("hbgw-central");
+    assert!(p.exists(), "{} missing: cargo build --release -p hbgw-controlplane --bin hbgw-central", p.display());
+    p
+}
+
+fn start_central(dir: &Path) -> CentralChild {
+    let data = dir.join("central");
+    let st = Command::new(central_bin()).arg("--data").arg(&data).arg("init").stdout(Stdio::null()).status().expect("init");
+    assert!(st.success());
+    let child = Command::new(central_bin())
+        .arg("--data")
+        .arg(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let t0 = Instant::now();
+    while !data.join("url").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "Central did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = std::fs::read_to_string(data.join("url")).expect("url").trim().to_owned();
+    let admin = HttpsClient::new(&url, &std::fs::read(data.join("ca.pem")).expect("ca")).expect("client");
+    let token = std::fs::read_to_string(data.join("admin.token")).expect("token").trim().to_owned();
+    CentralChild { child, data, admin, token }
+}
+
+impl CentralChild {
+    fn call(&self, rt: &tokio::runtime::Runtime, method: hyper::Method, path: &str, body: Option<(&str, Vec<u8>)>) -> serde_json::Value {
+        let (_, b) = rt
+            .block_on(self.admin.call(method, path, Some(&self.token), body, Duration::from_secs(3600), 1 << 30))
+            .expect("admin call");
+        serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null)
+    }
+    fn url(&self) -> String {
+        std::fs::read_to_string(self.data.join("url")).expect("url").trim().to_owned()
+    }
+}
+
+/// Starts the gateway's Central client on its own thread; returns the status.
+fn start_gateway(central: &CentralChild, rt: &tokio::runtime::Runtime, state: Arc<GatewayState>, dir: &Path) -> Arc<Mutex<CentralStatus>> {
+    let token = central.call(rt, hyper::Method::POST, "/v1/admin/tokens", None)["token"].as_str().expect("token").to_owned();
+    let section = CentralSection {
+        url: central.url(),
+        ca: central.data.join("ca.pem"),
+        state_dir: dir.join("gw-state"),
+        enrollment_token: Some(token),
+        name: "bench".into(),
+        before_first_sync: BeforeFirstSync::FailOpen,
+        wait_s: 25,
+        max_indicators: 20_000_000,
+        max_update_bytes: 4 << 30,
+        spool_max_events: 1000,
+        upload_interval_ms: 1000,
+        health_interval_s: 60,
+        feeds: vec![],
+    };
+    let start = load_start(&section).expect("state dir");
+    let status = Arc::new(Mutex::new(CentralStatus::default()));
+    let setup = CentralSetup { config: section, start, certs: None, status: status.clone() };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let _client = CentralClient::start(setup, state, Box::new(|| serde_json::json!({}))).expect("client");
+            std::future::pending::<()>().await;
+        });
+    });
+    status
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn addr(i: usize) -> [u8; 4] {
+    // 100.64.0.0/10, one address per round.
+    [100, 64 + (i >> 16) as u8 % 64, (i >> 8) as u8, i as u8]
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("single");
+    let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let central = start_central(dir.path());
+    let (state, _writer) = GatewayState::new(CompiledPolicy::default(), IndicatorSet::empty());
+
+    if mode == "sync" {
+        let n = arg(1, 1_000_000);
+        let t = Instant::now();
+        let mut posted = 0;
+        while posted < n {
+            let chunk = (n - posted).min(500_000);
+            let mut body = String::with_capacity(chunk * 24);
+            for i in posted..posted + chunk {
+                // 10.0.0.0/8 and 100.64/10 hold 20M distinct addresses.
+                let a = if i < 1 << 24 { [10, (i >> 16) as u8, (i >> 8) as u8, i as u8] } else { addr(i - (1 << 24)) };
+                body.push_str(&format!("{}.{}.{}.{} S-{i}\n", a[0], a[1], a[2], a[3]));
+            }
+            central.call(&rt, hyper::Method::POST, "/v1/admin/indicators?format=list", Some(("text/plain", body.into_bytes())));
+            posted += chunk;
+        }
+        println!("posted {n} indicators at Central in {:.1} s", t.elapsed().as_secs_f64());
+        let rss0 = rss_kib();
+        let t = Instant::now();
+        let status = start_gateway(&central, &rt, state.clone(), dir.path());
+        while state.indicators().len() < n {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = t.elapsed();
+        std::thread::sleep(Duration::from_secs(3)); // let the snapshot's buffers go
+        let rss1 = rss_kib();
+        println!(
+            "full sync of {n} indicators: enforced after {:.2} s; gateway process RSS {} MiB -> {} MiB (+{} MiB, {} B/indicator); revision {}",
+            took.as_secs_f64(),
+            rss0 / 1024,
+            rss1 / 1024,
+            (rss1.saturating_sub(rss0)) / 1024,
+            (rss1.saturating_sub(rss0)) * 1024 / n as u64,
+            status.lock().map(|s| s.revision).unwrap_or(0)
+        );
+        return;
+    }
+
+    let rounds = arg(1, if mode == "batch" { 5 } else { 200 });
+    let batch = if mode == "batch" { arg(2, 100_000) } else { 1 };
+    let status = start_gateway(&central, &rt, state.clone(), dir.path());
+    let t0 = Instant::now();
+    while status.lock().map(|s| s.state != "connected").unwrap_or(true) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the gateway never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The worker: bursts of 32 over the current round's frame.
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..rounds).map(|r| tcp([2, 0, 0, 0, 0, 7], [2, 0xee, 0, 0, 0, 1], [10, 0, 0, 7], addr(r * batch + batch - 1), 40000, 443, b"")).collect(),
+    );
+    let round = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(Mutex::new(None::<Instant>));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (frames, round, dropped, stop, state) = (frames.clone(), round.clone(), dropped.clone(), stop.clone(), state.clone());
+        std::thread::spawn(move || {
+            let mut p = Standalone::new(&state, EnforcementConfig::default(), vec![port_context(0), port_context(1)], u64::MAX).pipeline;
+            let mut seen = usize::MAX;
+            while !stop.load(Ordering::Relaxed) {
+                let r = round.load(Ordering::Acquire);
+                for _ in 0..32 {
+                    if seen != r && p.verdict(&frames[r], 0) != Verdict::Forward {
+                        *dropped.lock().expect("lock") = Some(Instant::now());
+                        seen = r;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut lat_ms = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        round.store(r, Ordering::Release);
+        *dropped.lock().expect("lock") = None;
+        let mut body = String::with_capacity(batch * 40);
+        body.push_str("{\"indicators\":[");
+        for i in 0..batch {
+            let a = addr(r * batch + i);
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!("{{\"value\":\"{}.{}.{}.{}\",\"audit_id\":\"B-{r}-{i}\"}}", a[0], a[1], a[2], a[3]));
+        }
+        body.push_str("]}");
+        let body = body.into_bytes();
+        let t = Instant::now();
+        central.call(&rt, hyper::Method::POST, "/v1/admin/indicators", Some(("application/json", body)));
+        let at = loop {
+            if let Some(at) = *dropped.lock().expect("lock") {
+                break at;
+            }
+            assert!(t.elapsed() < Duration::from_secs(600), "round {r}: never dropped");
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        lat_ms.push(at.duration_since(t).as_secs_f64() * 1e3);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    let mut sorted = lat_ms.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{mode}: {rounds} rounds of {batch} indicator(s) (held at the end: {}): posted -> first drop p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        state.indicators().len(),
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
+    );
+}
