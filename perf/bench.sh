@@ -4,6 +4,8 @@
 #
 #   perf/bench.sh [--sizes 64,128,512,1518,imix] [--trial-secs 2] [--latency-secs 5]
 #                 [--max-rate 30M] [--loss-tolerance 0] [--duts testpmd,hbgw,hbgw-policy] [--no-record]
+#                 [--out DIR] [--no-huge]
+#   HBGW_BENCH_BIN=DIR: use the hbgw and hbgw-gen binaries in DIR instead of building (tests do).
 #
 # Topology (one host, no NIC): two net_memif links. The device under test is
 # the memif server on both (lan.sock, wan.sock); hbgw-gen is the client, sends
@@ -22,7 +24,8 @@
 #   3. measures latency at 10%, 50% and 90% of that rate.
 # Output: a table on stdout; results, .hlog files and SVG plots in
 # perf/results/<UTC time>/; the table and command appended to perf/RESULTS.md
-# (not with --no-record, which also writes the results to a temp dir).
+# (not with --no-record, which also writes the results to a temp dir, or to --out DIR).
+# --no-huge runs every process without hugepages: a functional run (tests), not a measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +36,8 @@ max_rate=30M
 loss=0
 duts=testpmd,hbgw,hbgw-policy
 record=1
+out_dir=
+no_huge=0
 args=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -43,17 +48,32 @@ while [ $# -gt 0 ]; do
         --loss-tolerance) loss=$2; shift 2 ;;
         --duts) duts=$2; shift 2 ;;
         --no-record) record=0; shift ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        --out) out_dir=$2; shift 2 ;;
+        --no-huge) no_huge=1; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "bench: unknown argument $1: see perf/bench.sh --help" >&2; exit 2 ;;
     esac
 done
 
-scripts/install-deps.sh >/dev/null
-cargo build --release --bin hbgw --bin hbgw-gen 2>&1 | tail -1
-scripts/setup-hugepages.sh 1024 >/dev/null || { echo "bench: needs hugepages (run as root)" >&2; exit 1; }
+if [ -n "${HBGW_BENCH_BIN:-}" ]; then
+    bin=$HBGW_BENCH_BIN
+else
+    scripts/install-deps.sh >/dev/null
+    cargo build --release --bin hbgw --bin hbgw-gen 2>&1 | tail -1
+    bin=target/release
+fi
+if [ "$no_huge" = 1 ]; then
+    mem=(--no-huge --no-shconf)
+    [ "$record" = 1 ] && { echo "bench: --no-huge runs are functional checks, not measurements: add --no-record" >&2; exit 2; }
+else
+    scripts/setup-hugepages.sh 1024 >/dev/null || { echo "bench: needs hugepages (run as root)" >&2; exit 1; }
+    mem=(--huge-unlink)
+fi
 
 stamp=$(date -u +%Y%m%dT%H%MZ)
-if [ "$record" = 1 ]; then res=perf/results/$stamp; else res=$(mktemp -d /tmp/hbgw-bench-res.XXXXXX); fi
+if [ -n "$out_dir" ]; then res=$out_dir
+elif [ "$record" = 1 ]; then res=perf/results/$stamp
+else res=$(mktemp -d /tmp/hbgw-bench-res.XXXXXX); fi
 mkdir -p "$res"
 work=$(mktemp -d /tmp/hbgw-bench.XXXXXX)
 dut_pid=
@@ -83,14 +103,14 @@ start_dut() {
     local log="$work/$1.log"
     case $1 in
         testpmd)
-            dpdk-testpmd -l 0,1 --no-pci --huge-unlink -m 1024 --file-prefix "bench-dut-$$" \
+            dpdk-testpmd -l 0,1 --no-pci "${mem[@]}" -m 1024 --file-prefix "bench-dut-$$" \
                 --vdev "$(memif 0 server lan)" --vdev "$(memif 1 server wan)" -- \
                 --forward-mode=io --no-mlockall --total-num-mbufs=32768 --stats-period 3600 >"$log" 2>&1 &
             dut_pid=$! ;;
         hbgw|hbgw-policy)
             local extra=()
             [ "$1" = hbgw-policy ] && extra=(--config "$work/policy.toml")
-            target/release/hbgw -l 0,1 --huge-unlink -m 1024 --file-prefix "bench-dut-$$" \
+            "$bin/hbgw" -l 0,1 "${mem[@]}" -m 1024 --file-prefix "bench-dut-$$" \
                 --vdev "$(memif 0 server lan)" --vdev "$(memif 1 server wan)" -- \
                 --port-pair net_memif0,net_memif1 --stats-socket "$work/stats.sock" --live off "${extra[@]}" >"$log" 2>&1 &
             dut_pid=$! ;;
@@ -98,7 +118,7 @@ start_dut() {
     for _ in $(seq 1 600); do
         if [ -S "$work/lan.sock" ] && [ -S "$work/wan.sock" ]; then
             [ "$1" = testpmd ] && return 0
-            target/release/hbgw stats --socket "$work/stats.sock" >/dev/null 2>&1 && return 0
+            "$bin/hbgw" stats --socket "$work/stats.sock" >/dev/null 2>&1 && return 0
         fi
         kill -0 "$dut_pid" 2>/dev/null || { echo "bench: $1 exited at start:" >&2; tail -5 "$log" >&2; exit 1; }
         sleep 0.1
@@ -121,18 +141,18 @@ for size in "${size_list[@]}"; do
             --first-ip 10.100.0.0 --first-server 203.0.113.10 --hit-domain bad15.example15.com --hit-percent 5)
         start_dut "$dut"
         echo "== $dut, frame $size"
-        target/release/hbgw-gen -l 0 --no-pci --huge-unlink -m 512 --file-prefix "bench-gen-$$" \
+        "$bin/hbgw-gen" -l 0 --no-pci "${mem[@]}" -m 512 --file-prefix "bench-gen-$$" \
             --vdev "$(memif 0 client lan)" --vdev "$(memif 1 client wan)" -- \
             --size "$size" "${traffic[@]}" --search --max-rate "$max_rate" --ignore-link-speed \
             --resolution 0.005 --loss-tolerance "$loss" --trial-secs "$trial_secs" --latency-secs "$latency_secs" \
             --label "$dut" --json "$res/$dut-$size.json" --hlog "$res/$dut-$size.hlog" 2>&1 | grep -v '^EAL\|^TELEMETRY\|mp action'
         stop_dut
     done
-    target/release/hbgw-gen plot --out "$res/latency-$size.svg" --title "end-to-end latency, $size-byte frames (memif, one worker core)" \
+    "$bin/hbgw-gen" plot --out "$res/latency-$size.svg" --title "end-to-end latency, $size-byte frames (memif, one worker core)" \
         "$res"/*-"$size".hlog >/dev/null || echo "bench: no latency trials to plot for $size (no rate passed)" >&2
 done
 
-table=$(target/release/hbgw-gen report --baseline testpmd "$res"/*.json)
+table=$("$bin/hbgw-gen" report --baseline testpmd "$res"/*.json)
 echo
 echo "$table"
 echo "results, histograms and plots: $res"
