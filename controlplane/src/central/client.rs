@@ -376,6 +376,7 @@ impl Ctx {
 
     /// Parses, validates, publishes and commits one sync answer (blocking).
     fn apply(&self, body: &[u8], since: u64) -> Result<bool, UpdateError> {
+        let t0 = std::time::Instant::now();
         let answer: SyncAnswer = serde_json::from_slice(body)
             .map_err(|e| UpdateError::Invalid(format!("Central's sync answer does not parse ({e}): check that [central] url is a Central")))?;
         if answer.snapshot.is_none() && answer.changes.as_ref().is_none_or(Vec::is_empty) {
@@ -384,8 +385,10 @@ impl Ctx {
             }
             return Ok(false);
         }
+        let t_parse = t0.elapsed();
         let mut synced = lock(&self.synced);
         let prepared = synced.prepare(&answer, self.config.max_indicators)?;
+        let t_prepare = t0.elapsed();
         let snapshot = answer.snapshot.is_some();
         // Publish: certificates, then indicators, then policy (each whole).
         if let Some(certs) = &self.certs {
@@ -405,8 +408,14 @@ impl Ctx {
             self.state.set_policy(p.clone().unwrap_or_else(|| no_policy(self.config.before_first_sync)));
         }
         let (added, removed, new_set) = (prepared.certs_added.len(), prepared.certs_removed.len(), prepared.indicators.is_some());
+        let t_publish = t0.elapsed();
         synced.commit(prepared);
         self.dirty.store(true, Ordering::Release);
+        tracing::debug!(
+            "sync answer of {} bytes: parsed at {t_parse:?}, validated and compiled at {t_prepare:?}, published at {t_publish:?}, committed at {:?}",
+            body.len(),
+            t0.elapsed()
+        );
         let (rev, has_policy, ncerts) = (synced.revision, synced.policy.is_some(), synced.certs.len());
         drop(synced);
         let indicators = self.state.indicators().len() as u64;
