@@ -54,11 +54,11 @@ pub struct GatewayState {
 impl GatewayState {
     /// The state with a first policy and indicator set and an empty endpoint
     /// table, and the endpoint table's writer (for the control plane).
-    pub fn new(policy: CompiledPolicy, indicators: IndicatorSet) -> (Arc<Self>, EndpointTableWriter) {
+    pub fn new(policy: CompiledPolicy, indicators: impl Into<IndicatorOverlay>) -> (Arc<Self>, EndpointTableWriter) {
         let writer = EndpointTableWriter::new();
         let state = GatewayState {
             policy: Arc::new(ArcSwap::from_pointee(policy)),
-            indicators: Arc::new(ArcSwap::from_pointee(IndicatorOverlay::from_set(indicators))),
+            indicators: Arc::new(ArcSwap::from_pointee(indicators.into())),
             endpoints: writer.table(),
         };
         (Arc::new(state), writer)

@@ -17,7 +17,8 @@ use super::protocol::{EnrollRequest, GatewayIdentity, LogAck, Snapshot, SyncAnsw
 use super::spool::LogSpool;
 use crate::heartbeat::PinnedCertStore;
 use hbgw_shared::config::{BeforeFirstSync, CentralSection, ThirdPartyFeedSection, ThirdPartyFormat};
-use hbgw_shared::indicators::{IndicatorKind, IndicatorSet};
+use hbgw_shared::indicator_overlay::IndicatorOverlay;
+use hbgw_shared::indicators::IndicatorKind;
 use hbgw_shared::policy::{CompiledPolicy, Policy};
 use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::{CentralStatus, StatsReport};
@@ -116,22 +117,35 @@ pub fn load_state(dir: &Path, limit: usize) -> Result<Option<SyncedState>, Strin
         }
         s.third_party.insert(feed, v);
     }
-    s.build_indicators().map_err(|e| corrupt(e.to_string()))?;
+    s.rebuild().map_err(|e| corrupt(e.to_string()))?;
     Ok(Some(s))
 }
 
 /// Writes the state atomically.
 pub fn save_state(dir: &Path, s: &SyncedState) -> Result<(), String> {
-    let p = PersistedState {
+    match persisted(s, || false) {
+        Some(p) => write_state(dir, p),
+        None => Ok(()),
+    }
+}
+
+/// What is written of `s`; `None` when `stop` said so before it was done.
+fn persisted(s: &SyncedState, stop: impl Fn() -> bool) -> Option<PersistedState> {
+    Some(PersistedState {
         format: STATE_FORMAT,
         revision: s.revision,
-        snapshot: s.to_snapshot(),
+        snapshot: s.to_snapshot_unless(stop)?,
         third_party: s
             .third_party
             .iter()
             .map(|(f, l)| (f.clone(), l.iter().map(|(k, a)| PersistedThirdParty { value: k.to_string(), audit_id: a.clone() }).collect()))
             .collect(),
-    };
+    })
+}
+
+/// Writes a persisted state atomically, indicators sorted by audit ID.
+fn write_state(dir: &Path, mut p: PersistedState) -> Result<(), String> {
+    p.snapshot.indicators.sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
     let bytes = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
     let path = dir.join(STATE_FILE);
     write_atomic(&path, &bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))
@@ -157,8 +171,8 @@ pub struct CentralStart {
     pub policy: Option<Policy>,
     /// The compiled policy to start with.
     pub compiled: CompiledPolicy,
-    /// The indicator set to start with.
-    pub indicators: IndicatorSet,
+    /// The indicators to start with.
+    pub indicators: IndicatorOverlay,
     /// The identity, when enrolled.
     pub identity: Option<GatewayIdentity>,
     /// The log spool.
@@ -191,7 +205,7 @@ pub fn load_start(section: &CentralSection) -> Result<CentralStart, String> {
         Some((p, c)) => (Some(p), c),
         None => (None, no_policy(section.before_first_sync)),
     };
-    let indicators = synced.build_indicators().map_err(|e| e.to_string())?;
+    let indicators = synced.book.overlay().clone();
     let spool = LogSpool::open(dir, section.spool_max_events)?;
     Ok(CentralStart { synced, policy, compiled, indicators, identity, spool })
 }
@@ -221,6 +235,9 @@ struct Ctx {
     status: Arc<Mutex<CentralStatus>>,
     spool: Arc<Mutex<LogSpool>>,
     dirty: AtomicBool,
+    compacting: AtomicBool,
+    /// An update waits for `synced`: the state writer lets go of it.
+    update_waiting: AtomicBool,
 }
 
 /// The running client (its tasks run on the control plane's runtime).
@@ -280,6 +297,8 @@ impl CentralClient {
             status,
             spool: Arc::new(Mutex::new(start.spool)),
             dirty: AtomicBool::new(false),
+            compacting: AtomicBool::new(false),
+            update_waiting: AtomicBool::new(false),
             config,
         });
         let mut tasks = vec![
@@ -386,7 +405,9 @@ impl Ctx {
             return Ok(false);
         }
         let t_parse = t0.elapsed();
+        self.update_waiting.store(true, Ordering::Release);
         let mut synced = lock(&self.synced);
+        self.update_waiting.store(false, Ordering::Release);
         let prepared = synced.prepare(&answer, self.config.max_indicators)?;
         let t_prepare = t0.elapsed();
         let snapshot = answer.snapshot.is_some();
@@ -402,7 +423,7 @@ impl Ctx {
             }
         }
         if let Some(set) = &prepared.indicators {
-            self.state.set_indicators(set.clone());
+            self.state.set_overlay(set.clone());
         }
         if let Some(p) = &prepared.policy {
             self.state.set_policy(p.clone().unwrap_or_else(|| no_policy(self.config.before_first_sync)));
@@ -443,9 +464,9 @@ impl Ctx {
             return Ok(false);
         }
         let old = synced.third_party.insert(feed.to_owned(), list);
-        match synced.build_indicators() {
+        match synced.rebuild() {
             Ok(set) => {
-                self.state.set_indicators(set);
+                self.state.set_overlay(set.clone());
                 self.dirty.store(true, Ordering::Release);
                 let n = self.state.indicators().len() as u64;
                 self.set_status(|s| s.indicators = n);
@@ -500,6 +521,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             Ok(Ok(_)) => {
                 backoff.reset();
                 force_snapshot = false;
+                maybe_compact(&ctx);
             }
             Ok(Err(UpdateError::Gap { have, next })) => {
                 tracing::warn!("Central: revision gap (have {have}, offered {next}): asking for a full snapshot");
@@ -521,22 +543,76 @@ async fn sync_loop(ctx: Arc<Ctx>) {
     }
 }
 
+/// Indicators changed since the base was built beyond which the delta is
+/// folded into a new base (each update compiles the whole delta).
+pub const COMPACT_AFTER: usize = 20_000;
+
+/// Starts folding the delta into a new base on a blocking thread when it
+/// has grown past [`COMPACT_AFTER`] (one compaction at a time). The new base
+/// is published only if no update came in while it was built; otherwise
+/// the next update tries again.
+fn maybe_compact(ctx: &Arc<Ctx>) {
+    let (overlay, generation) = {
+        let s = lock(&ctx.synced);
+        if s.book.touched() < COMPACT_AFTER {
+            return;
+        }
+        (s.book.overlay().clone(), s.book.generation())
+    };
+    if ctx.compacting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        match overlay.compacted() {
+            Ok(built) => {
+                let mut s = lock(&c.synced);
+                match s.install_compacted(generation, built) {
+                    Some(o) => {
+                        c.state.set_overlay(o.clone());
+                        tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
+                    }
+                    None => tracing::debug!("indicator compaction outrun by an update; the next update retries"),
+                }
+            }
+            Err(e) => tracing::warn!("indicator compaction failed ({e}); the overlay stays in force"),
+        }
+        c.compacting.store(false, Ordering::Release);
+    });
+}
+
 async fn persist_loop(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut yielded = 0u32;
     loop {
         tick.tick().await;
         if !ctx.dirty.swap(false, Ordering::AcqRel) {
             continue;
         }
+        // The state is copied under the lock (written outside it), giving
+        // way to any update that comes in meanwhile; after 10 tries in a row
+        // it no longer gives way, so that it is written under a steady stream.
         let c = ctx.clone();
+        let yield_to_updates = yielded < 10;
         let r = tokio::task::spawn_blocking(move || {
-            let s = lock(&c.synced);
-            save_state(&c.config.state_dir, &s)
+            let p = {
+                let s = lock(&c.synced);
+                persisted(&s, || yield_to_updates && c.update_waiting.load(Ordering::Acquire))
+            };
+            match p {
+                Some(p) => write_state(&c.config.state_dir, p).map(|()| true),
+                None => Ok(false),
+            }
         })
         .await;
         match r {
-            Ok(Ok(())) => {}
+            Ok(Ok(true)) => yielded = 0,
+            Ok(Ok(false)) => {
+                yielded += 1;
+                ctx.dirty.store(true, Ordering::Release);
+            }
             Ok(Err(e)) => {
                 tracing::warn!("{e}: will retry");
                 ctx.dirty.store(true, Ordering::Release);
