@@ -238,6 +238,17 @@ struct Ctx {
     compacting: AtomicBool,
     /// An update waits for `synced`: the state writer lets go of it.
     update_waiting: AtomicBool,
+    /// The last refused update or feed, reported to Central in the health summary.
+    rejections: Mutex<Rejections>,
+    /// Wakes the health loop to report a refusal at once.
+    health_now: tokio::sync::Notify,
+}
+
+/// Refusals, as reported to Central.
+#[derive(Default)]
+struct Rejections {
+    update: Option<serde_json::Value>,
+    feed: Option<serde_json::Value>,
 }
 
 /// The running client (its tasks run on the control plane's runtime).
@@ -299,6 +310,8 @@ impl CentralClient {
             dirty: AtomicBool::new(false),
             compacting: AtomicBool::new(false),
             update_waiting: AtomicBool::new(false),
+            rejections: Mutex::new(Rejections::default()),
+            health_now: tokio::sync::Notify::new(),
             config,
         });
         let mut tasks = vec![
@@ -533,6 +546,10 @@ async fn sync_loop(ctx: Arc<Ctx>) {
                     s.updates_rejected += 1;
                     s.last_error = Some(format!("update refused: {e}"));
                 });
+                let in_force = lock(&ctx.synced).revision;
+                lock(&ctx.rejections).update =
+                    Some(serde_json::json!({"at_ms": now_ms(), "revision_in_force": in_force, "error": e.to_string()}));
+                ctx.health_now.notify_one();
                 tokio::time::sleep(backoff.next()).await;
             }
             Err(e) => {
@@ -672,7 +689,11 @@ async fn upload_loop(ctx: Arc<Ctx>) {
 async fn health_loop(ctx: Arc<Ctx>, health: HealthSource) {
     let every = Duration::from_secs(ctx.config.health_interval_s);
     loop {
-        tokio::time::sleep(every).await;
+        // Every interval, and at once when an update or feed was refused.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = ctx.health_now.notified() => {}
+        }
         let Some(id) = lock(&ctx.identity).clone() else { continue };
         let mut v = health();
         let status = lock(&ctx.status).clone();
@@ -682,6 +703,11 @@ async fn health_loop(ctx: Arc<Ctx>, health: HealthSource) {
             o.insert("events_spooled".into(), status.events_spooled.into());
             o.insert("events_dropped".into(), status.events_dropped.into());
             o.insert("fail_open_frames".into(), status.fail_open_frames.into());
+            o.insert("updates_applied".into(), status.updates_applied.into());
+            o.insert("updates_rejected".into(), status.updates_rejected.into());
+            let r = lock(&ctx.rejections);
+            o.insert("last_rejected_update".into(), r.update.clone().unwrap_or_default());
+            o.insert("last_rejected_feed".into(), r.feed.clone().unwrap_or_default());
         }
         let body = serde_json::to_vec(&v).unwrap_or_default();
         if let Err(e) = ctx
@@ -749,6 +775,9 @@ async fn feed_loop(ctx: Arc<Ctx>, feed: ThirdPartyFeedSection) {
                     Ok(Err(e)) => {
                         tracing::warn!("feed {} refused, its previous indicators stay in force: {e}", feed.name);
                         ctx.set_status(|s| s.last_error = Some(format!("feed {}: {e}", feed.name)));
+                        lock(&ctx.rejections).feed =
+                            Some(serde_json::json!({"at_ms": now_ms(), "feed": feed.name, "error": e.to_string()}));
+                        ctx.health_now.notify_one();
                     }
                     Err(e) => tracing::warn!("feed {}: {e}", feed.name),
                 }
