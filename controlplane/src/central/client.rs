@@ -13,9 +13,11 @@
 
 use super::feeds::{parse_plain_list, parse_stix_bundle, ListType};
 use super::http::{HttpError, HttpsClient};
-use super::protocol::{EnrollRequest, GatewayIdentity, LogAck, Snapshot, SyncAnswer, SyncedState, UpdateError, WireIndicator};
+use super::protocol::{
+    EnrollRequest, GatewayIdentity, HeartbeatSettings, LogAck, Snapshot, SyncAnswer, SyncedState, UpdateError, WireIndicator,
+};
 use super::spool::LogSpool;
-use crate::heartbeat::PinnedCertStore;
+use crate::heartbeat::{HeartbeatService, PinnedCertStore};
 use hbgw_shared::config::{BeforeFirstSync, CentralSection, ThirdPartyFeedSection, ThirdPartyFormat};
 use hbgw_shared::indicator_overlay::IndicatorOverlay;
 use hbgw_shared::indicators::IndicatorKind;
@@ -242,6 +244,8 @@ struct Ctx {
     rejections: Mutex<Rejections>,
     /// Wakes the health loop to report a refusal at once.
     health_now: tokio::sync::Notify,
+    /// The heartbeat service Central's heartbeat settings go to, when it runs.
+    heartbeat: Mutex<Option<Arc<HeartbeatService>>>,
 }
 
 /// Refusals, as reported to Central.
@@ -312,6 +316,7 @@ impl CentralClient {
             update_waiting: AtomicBool::new(false),
             rejections: Mutex::new(Rejections::default()),
             health_now: tokio::sync::Notify::new(),
+            heartbeat: Mutex::new(None),
             config,
         });
         let mut tasks = vec![
@@ -329,6 +334,16 @@ impl CentralClient {
     /// The spool the event log writes into.
     pub fn spool(&self) -> Arc<Mutex<LogSpool>> {
         self.ctx.spool.clone()
+    }
+
+    /// Gives Central's heartbeat settings to the running heartbeat service:
+    /// those of the last-known-good state now, each change as it comes.
+    pub fn attach_heartbeat(&self, service: Arc<HeartbeatService>) {
+        *lock(&self.ctx.heartbeat) = Some(service);
+        let current = lock(&self.ctx.synced).heartbeat.clone();
+        if let Some(h) = current {
+            self.ctx.apply_heartbeat(&h);
+        }
     }
 
     /// Called every stats interval: counts fail-open frames.
@@ -442,6 +457,9 @@ impl Ctx {
             self.state.set_policy(p.clone().unwrap_or_else(|| no_policy(self.config.before_first_sync)));
         }
         let (added, removed, new_set) = (prepared.certs_added.len(), prepared.certs_removed.len(), prepared.indicators.is_some());
+        if let Some(h) = &prepared.heartbeat {
+            self.apply_heartbeat(h);
+        }
         let t_publish = t0.elapsed();
         synced.commit(prepared);
         self.dirty.store(true, Ordering::Release);
@@ -468,6 +486,18 @@ impl Ctx {
             if new_set { " (new set)" } else { "" }
         );
         Ok(true)
+    }
+
+    fn apply_heartbeat(&self, h: &HeartbeatSettings) {
+        let Some(svc) = lock(&self.heartbeat).clone() else {
+            tracing::info!("heartbeat settings from Central kept (no heartbeat service runs here)");
+            return;
+        };
+        let zones = (!h.missing_zones.is_empty()).then(|| h.missing_zones.iter().cloned().collect());
+        if let Err(e) = svc.set_settings(Duration::from_millis(h.interval_ms), h.missed_limit, zones) {
+            tracing::warn!("heartbeat settings from Central not applied: {e}");
+            self.set_status(|s| s.last_error = Some(format!("heartbeat settings: {e}")));
+        }
     }
 
     /// Replaces one third-party feed's indicators (blocking).

@@ -9,7 +9,7 @@
 //! nothing (the server does, before calling it) and never holds a secret in
 //! clear: tokens and gateway secrets are stored as SHA-256.
 
-use super::protocol::{Change, JournalEntry, LogEvent, Snapshot, WireEndpointCert, WireIndicator};
+use super::protocol::{Change, HeartbeatSettings, JournalEntry, LogEvent, Snapshot, WireEndpointCert, WireIndicator};
 use hbgw_shared::indicators::ThreatFeedSettings;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -212,6 +212,15 @@ impl Store {
         })
     }
 
+    /// Sets the heartbeat settings.
+    pub fn set_heartbeat(&mut self, settings: HeartbeatSettings) -> Result<u64, StoreError> {
+        let json = serde_json::to_string(&settings)?;
+        self.commit(&Change::HeartbeatSet { settings }, move |tx, _| {
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?1)", [json])?;
+            Ok(())
+        })
+    }
+
     /// Sets the exclusion list.
     pub fn set_exclusions(&mut self, exclusions: Vec<String>) -> Result<u64, StoreError> {
         let json = serde_json::to_string(&exclusions)?;
@@ -302,7 +311,11 @@ impl Store {
         let endpoint_certs = st
             .query_map([], |r| Ok(WireEndpointCert { name: r.get(0)?, fingerprint: r.get(1)?, pem: r.get(2)? }))?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((revision, Snapshot { policy: self.meta("policy")?, feed_settings, exclusions, indicators, endpoint_certs }))
+        let heartbeat = match self.meta("heartbeat")? {
+            Some(j) => Some(serde_json::from_str(&j)?),
+            None => None,
+        };
+        Ok((revision, Snapshot { policy: self.meta("policy")?, feed_settings, exclusions, indicators, endpoint_certs, heartbeat }))
     }
 
     /// Number of indicators held.
