@@ -223,9 +223,9 @@ impl Central {
                 }
             }
         }
-        let delta = self.db(move |s| Ok((s.revision()?, s.changes_after(since)?))).await?;
+        let delta = self.db(move |s| Ok((s.revision()?, s.sync_answer_json(since)?))).await?;
         match delta {
-            (revision, Some(changes)) => Ok(json(StatusCode::OK, &SyncAnswer { revision, changes: Some(changes), snapshot: None })),
+            (_, Some(body)) => Ok(json_bytes(StatusCode::OK, body)),
             (revision, None) => {
                 if let Some((r, body)) = self.snapshot_cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                     if *r == revision {
