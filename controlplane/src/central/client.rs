@@ -485,6 +485,11 @@ impl Ctx {
             if snapshot { " (full snapshot)" } else { "" },
             if new_set { " (new set)" } else { "" }
         );
+        if body.len() >= 1 << 20 {
+            // Freeing a large parsed answer (10M indicators: 30M strings)
+            // takes seconds: not before the next long-poll goes out.
+            let _ = std::thread::Builder::new().name("hbgw-free".into()).spawn(move || drop(answer));
+        }
         Ok(true)
     }
 
@@ -629,20 +634,27 @@ fn maybe_compact(ctx: &Arc<Ctx>) {
     });
 }
 
+/// The longest a changed state goes unwritten while updates keep coming.
+pub const PERSIST_WITHIN: Duration = Duration::from_secs(60);
+
 async fn persist_loop(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut yielded = 0u32;
+    // When the state was last written, or first found unwritten.
+    let mut written = std::time::Instant::now();
     loop {
         tick.tick().await;
         if !ctx.dirty.swap(false, Ordering::AcqRel) {
+            written = std::time::Instant::now();
             continue;
         }
         // The state is copied under the lock (written outside it), giving
-        // way to any update that comes in meanwhile; after 10 tries in a row
-        // it no longer gives way, so that it is written under a steady stream.
+        // way to any update that comes in meanwhile (copying 10M indicators
+        // takes seconds). Once it has gone unwritten for PERSIST_WITHIN, it
+        // no longer gives way, so that it is written under a steady stream
+        // of updates too (at the cost of one such stall per PERSIST_WITHIN).
         let c = ctx.clone();
-        let yield_to_updates = yielded < 10;
+        let yield_to_updates = written.elapsed() < PERSIST_WITHIN;
         let r = tokio::task::spawn_blocking(move || {
             let p = {
                 let s = lock(&c.synced);
@@ -655,11 +667,8 @@ async fn persist_loop(ctx: Arc<Ctx>) {
         })
         .await;
         match r {
-            Ok(Ok(true)) => yielded = 0,
-            Ok(Ok(false)) => {
-                yielded += 1;
-                ctx.dirty.store(true, Ordering::Release);
-            }
+            Ok(Ok(true)) => written = std::time::Instant::now(),
+            Ok(Ok(false)) => ctx.dirty.store(true, Ordering::Release),
             Ok(Err(e)) => {
                 tracing::warn!("{e}: will retry");
                 ctx.dirty.store(true, Ordering::Release);
