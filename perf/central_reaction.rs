@@ -6,6 +6,10 @@
 //!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE]
 //!     cargo run --release --example central_reaction -- sync [INDICATORS]
 //!
+//! `single` and `batch` take `--held N`: Central holds N indicators (in
+//! 10.0.0.0/8) before the gateway starts, and the gateway enforces them all
+//! before the first round.
+//!
 //! A real `hbgw-central` runs as a child process (HTTPS, SQLite). In this
 //! process, the gateway's Central client (the one `hbgw` runs, on its own
 //! current-thread runtime, like the control plane) enrolls and long-polls,
@@ -141,8 +145,39 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
+/// Posts `n` indicators at Central (plain lists of 500,000).
+fn preload(central: &CentralChild, rt: &tokio::runtime::Runtime, n: usize) {
+    let t = Instant::now();
+    let mut posted = 0;
+    while posted < n {
+        let chunk = (n - posted).min(500_000);
+        let mut body = String::with_capacity(chunk * 24);
+        for i in posted..posted + chunk {
+            // 10.0.0.0/8 holds 16M distinct addresses, 100.64/10 (used by the rounds) 4M more.
+            let a = if i < 1 << 24 { [10, (i >> 16) as u8, (i >> 8) as u8, i as u8] } else { [11, (i >> 16) as u8, (i >> 8) as u8, i as u8] };
+            body.push_str(&format!("{}.{}.{}.{} S-{i}\n", a[0], a[1], a[2], a[3]));
+        }
+        central.call(rt, hyper::Method::POST, "/v1/admin/indicators?format=list", Some(("text/plain", body.into_bytes())));
+        posted += chunk;
+    }
+    println!("posted {n} indicators at Central in {:.1} s", t.elapsed().as_secs_f64());
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // RUST_LOG=hbgw_controlplane=debug shows where each sync answer's time goes.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let held = match args.iter().position(|a| a == "--held") {
+        Some(i) => {
+            let n = args.get(i + 1).and_then(|s| s.parse::<usize>().ok()).expect("--held N");
+            args.drain(i..i + 2);
+            n
+        }
+        None => 0,
+    };
     let mode = args.first().map(String::as_str).unwrap_or("single");
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -152,20 +187,7 @@ fn main() {
 
     if mode == "sync" {
         let n = arg(1, 1_000_000);
-        let t = Instant::now();
-        let mut posted = 0;
-        while posted < n {
-            let chunk = (n - posted).min(500_000);
-            let mut body = String::with_capacity(chunk * 24);
-            for i in posted..posted + chunk {
-                // 10.0.0.0/8 and 100.64/10 hold 20M distinct addresses.
-                let a = if i < 1 << 24 { [10, (i >> 16) as u8, (i >> 8) as u8, i as u8] } else { addr(i - (1 << 24)) };
-                body.push_str(&format!("{}.{}.{}.{} S-{i}\n", a[0], a[1], a[2], a[3]));
-            }
-            central.call(&rt, hyper::Method::POST, "/v1/admin/indicators?format=list", Some(("text/plain", body.into_bytes())));
-            posted += chunk;
-        }
-        println!("posted {n} indicators at Central in {:.1} s", t.elapsed().as_secs_f64());
+        preload(&central, &rt, n);
         let rss0 = rss_kib();
         let t = Instant::now();
         let status = start_gateway(&central, &rt, state.clone(), dir.path());
@@ -189,16 +211,18 @@ fn main() {
 
     let rounds = arg(1, if mode == "batch" { 5 } else { 200 });
     let batch = if mode == "batch" { arg(2, 100_000) } else { 1 };
+    preload(&central, &rt, held);
     let status = start_gateway(&central, &rt, state.clone(), dir.path());
     let t0 = Instant::now();
-    while status.lock().map(|s| s.state != "connected").unwrap_or(true) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the gateway never connected");
+    while status.lock().map(|s| s.state != "connected").unwrap_or(true) || state.indicators().len() < held {
+        assert!(t0.elapsed() < Duration::from_secs(600), "the gateway never connected");
         std::thread::sleep(Duration::from_millis(10));
     }
+    println!("gateway connected, {} indicators held", state.indicators().len());
 
     // The worker: bursts of 32 over the current round's frame.
     let frames: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..rounds).map(|r| tcp([2, 0, 0, 0, 0, 7], [2, 0xee, 0, 0, 0, 1], [10, 0, 0, 7], addr(r * batch + batch - 1), 40000, 443, b"")).collect(),
+        (0..rounds).map(|r| tcp([2, 0, 0, 0, 0, 7], [2, 0xee, 0, 0, 0, 1], [172, 16, 0, 7], addr(r * batch + batch - 1), 40000, 443, b"")).collect(),
     );
     let round = Arc::new(AtomicUsize::new(0));
     let dropped = Arc::new(Mutex::new(None::<Instant>));
@@ -221,6 +245,7 @@ fn main() {
     };
 
     let mut lat_ms = Vec::with_capacity(rounds);
+    let mut central_ms = Vec::with_capacity(rounds);
     for r in 0..rounds {
         round.store(r, Ordering::Release);
         *dropped.lock().expect("lock") = None;
@@ -237,6 +262,7 @@ fn main() {
         let body = body.into_bytes();
         let t = Instant::now();
         central.call(&rt, hyper::Method::POST, "/v1/admin/indicators", Some(("application/json", body)));
+        central_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let at = loop {
             if let Some(at) = *dropped.lock().expect("lock") {
                 break at;
@@ -248,6 +274,9 @@ fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
+    let mut c = central_ms.clone();
+    c.sort_by(|a, b| a.total_cmp(b));
+    println!("of which the admin POST at Central (validated, committed, answered): p50 {:.1} ms, max {:.1} ms", percentile(&c, 0.5), c[c.len() - 1]);
     let mut sorted = lat_ms.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     println!(

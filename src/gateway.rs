@@ -347,7 +347,7 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
     let mut loaded = cfg.enforcement.as_ref().map(load_enforcement).transpose()?;
     if let (Some(start), Some(l)) = (&central_start, loaded.as_mut()) {
         l.state.set_policy(start.compiled.clone());
-        l.state.set_indicators(start.indicators.clone());
+        l.state.set_overlay(start.indicators.clone());
         (l.port_zones, l.missing_zones) = policy_zones(start.policy.as_ref());
         tracing::info!(
             "Central: enforcing revision {} from the state directory ({} indicators, {}, {} endpoint certificate(s))",

@@ -301,6 +301,9 @@ async fn run(
             });
             match central::client::CentralClient::start(setup, e.state.clone(), health) {
                 Ok(c) => {
+                    if let Some(svc) = &heartbeat_service {
+                        c.attach_heartbeat(svc.clone());
+                    }
                     if !e.threat_log.set_mirror(c.spool()) {
                         tracing::warn!("no [events] log: nothing is uploaded to Central");
                     }

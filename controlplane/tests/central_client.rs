@@ -204,3 +204,87 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
     assert!(st().updates_applied >= 2);
     client.finish();
 }
+
+/// An in-process Central over HTTPS on loopback, and an admin caller.
+struct TestCentral {
+    url: String,
+    admin: http::HttpsClient,
+    token: String,
+}
+
+impl TestCentral {
+    async fn start(d: &Path) -> Self {
+        server::init(&d.join("central"), "localhost").unwrap();
+        let central = Central::open(&d.join("central"), 100).unwrap();
+        let cert = std::fs::read(d.join("central/server.pem")).unwrap();
+        let key = std::fs::read(d.join("central/server.key")).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), central.handler()));
+        let admin = http::HttpsClient::new(&url, &std::fs::read(d.join("central/ca.pem")).unwrap()).unwrap();
+        let token = std::fs::read_to_string(d.join("central/admin.token")).unwrap().trim().to_owned();
+        TestCentral { url, admin, token }
+    }
+
+    async fn call(&self, method: hyper::Method, path: &str, body: &str) -> serde_json::Value {
+        let (_, b) = self
+            .admin
+            .call(method, path, Some(&self.token), Some(("application/json", body.as_bytes().to_vec())), Duration::from_secs(10), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_update_is_reported_to_central_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let central = TestCentral::start(d).await;
+    let enroll = central.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
+    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
+    cfg.enrollment_token = Some(enroll);
+    cfg.max_indicators = 2;
+    cfg.health_interval_s = 3600; // only a refusal makes it upload within the test
+    let start = load_start(&cfg).unwrap();
+    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
+    let status = Arc::new(Mutex::new(CentralStatus::default()));
+    let client = CentralClient::start(
+        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
+        state.clone(),
+        Box::new(|| serde_json::json!({"endpoints": {"green": 1}})),
+    )
+    .unwrap();
+    let st = || status.lock().unwrap().clone();
+    wait_until("connected", || st().state == "connected").await;
+
+    central.call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.1","audit_id":"K1"}]}"#).await;
+    wait_until("first indicator", || state.indicators().match_ip(ip("203.0.113.1")).drops()).await;
+    assert_eq!(central.call(hyper::Method::GET, "/v1/admin/health", "").await, serde_json::json!([]), "nothing reported yet");
+
+    // Two more would hold 3, over the gateway's limit of 2: refused whole.
+    central
+        .call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.2","audit_id":"K2"},{"value":"203.0.113.3","audit_id":"K3"}]}"#)
+        .await;
+    wait_until("refused", || st().updates_rejected >= 1).await;
+    let t = Instant::now();
+    let report = loop {
+        let h = central.call(hyper::Method::GET, "/v1/admin/health", "").await;
+        if let Some(r) = h.get(0).map(|g| g["summary"].clone()) {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the refusal never reached Central");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rej = &report["last_rejected_update"];
+    assert!(rej["error"].as_str().unwrap().contains("over this gateway's limit of 2"), "{report}");
+    assert_eq!(rej["revision_in_force"], 1);
+    assert!(report["updates_rejected"].as_u64().unwrap() >= 1);
+    assert_eq!(report["endpoints"]["green"], 1, "the usual summary comes along");
+    assert_eq!(report["last_rejected_feed"], serde_json::Value::Null);
+    // The previous state stays in force.
+    assert!(state.indicators().match_ip(ip("203.0.113.1")).drops());
+    assert!(!state.indicators().match_ip(ip("203.0.113.2")).drops());
+    assert_eq!(st().revision, 1);
+    client.finish();
+}

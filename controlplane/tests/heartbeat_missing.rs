@@ -188,3 +188,27 @@ async fn work_per_tick_follows_expiries_not_endpoints() {
     assert!(due(&mut t).is_none());
     assert_eq!(t.pending_deadlines(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn settings_from_central_apply_from_the_next_heartbeat() {
+    let mut t = timer();
+    // Central: every 5 s, missing after 2 missed, detected in WAN only.
+    t.set_settings(Duration::from_secs(5), 2, ["WAN".to_owned()].into());
+    assert_eq!(t.window(), Duration::from_secs(10));
+    let start = Instant::now();
+    let ep = EndpointId(1);
+    t.claim(ep, &[mac(1)], start);
+    t.heartbeat(ep, start);
+    let (event, at) = run_with_traffic(&mut t, 100, Some((mac(1), WAN)), start).await.expect("an event");
+    assert_eq!(at, Duration::from_secs(10), "two intervals of 5 s");
+    assert!(matches!(event, TimerEvent::Missing { endpoint, .. } if endpoint == ep), "{event:?}");
+
+    // Traffic in LAN is no longer evidence: the endpoint is lost, not missing.
+    let ep2 = EndpointId(2);
+    let start = Instant::now();
+    t.claim(ep2, &[mac(2)], start);
+    t.heartbeat(ep2, start);
+    let (event, at) = run_with_traffic(&mut t, 100, Some((mac(2), LAN)), start).await.expect("an event");
+    assert_eq!(at, Duration::from_secs(10));
+    assert!(matches!(event, TimerEvent::HeartbeatLost { endpoint } if endpoint == ep2), "{event:?}");
+}

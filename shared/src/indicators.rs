@@ -1025,6 +1025,243 @@ impl IndicatorSet {
     }
 }
 
+// ---- Support for `indicator_overlay` (a base set plus recent changes) ----
+//
+// Additive on purpose: the lookups above stay as they are; these variants
+// also report how specific a match is and skip records the overlay has
+// removed, and `merged` folds an overlay back into one set.
+
+impl<K: PrefixKey> Lpm<K> {
+    /// Like [`Lpm::matches`], with each match's prefix length.
+    #[inline]
+    fn matches_len(&self, key: K) -> impl Iterator<Item = (u32, u8)> + '_ {
+        self.lens.iter().zip(&self.maps).filter_map(move |(&len, map)| map.get(&key.masked(len)).map(|&v| (v, len)))
+    }
+
+    /// The value stored for exactly `key/len`.
+    fn get_exact(&self, key: K, len: u8) -> Option<u32> {
+        let len = len.min(K::BITS);
+        let i = self.lens.iter().position(|&l| l == len)?;
+        self.maps[i].get(&key.masked(len)).copied()
+    }
+
+    /// Every (key, prefix length, value).
+    fn entries(&self) -> impl Iterator<Item = (K, u8, u32)> + '_ {
+        self.lens.iter().zip(&self.maps).flat_map(|(&len, map)| map.iter().map(move |(&k, &v)| (k, len, v)))
+    }
+}
+
+impl NameTable {
+    /// Like [`NameTable::suffix_matches`], with the length of each matching suffix.
+    #[inline]
+    fn suffix_matches_len<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = (u32, usize)> + 'a {
+        let mut rest = if self.table.is_empty() { None } else { Some(name) };
+        std::iter::from_fn(move || loop {
+            let current = rest?;
+            rest = current.iter().position(|&b| b == b'.').map(|i| &current[i + 1..]);
+            if let Some(v) = self.get(current) {
+                return Some((v, current.len()));
+            }
+        })
+    }
+
+    /// Every (name, value).
+    fn entries(&self) -> impl Iterator<Item = (&[u8], u32)> + '_ {
+        self.table.iter().map(|e| (Self::name(&self.arena, e), e.value))
+    }
+}
+
+impl UrlTable {
+    /// Like [`UrlTable::matches`], with the length of each matching path.
+    #[inline]
+    fn matches_len<'a>(&'a self, host: &[u8], path: &'a [u8]) -> impl Iterator<Item = (u32, usize)> + 'a {
+        let (start, end) = match self.hosts.get(host) {
+            Some(g) => self.groups[g as usize],
+            None => (0, 0),
+        };
+        self.paths[start as usize..end as usize].iter().filter_map(move |p| {
+            let prefix = &self.arena[p.off as usize..(p.off + p.len) as usize];
+            path.starts_with(prefix).then_some((p.value, prefix.len()))
+        })
+    }
+
+    /// Every (host, path, value).
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8], u32)> + '_ {
+        self.hosts.entries().flat_map(move |(host, g)| {
+            let (start, end) = self.groups[g as usize];
+            self.paths[start as usize..end as usize]
+                .iter()
+                .map(move |p| (host, &self.arena[p.off as usize..(p.off + p.len) as usize], p.value))
+        })
+    }
+}
+
+/// A record's key, as stored (already normalised).
+enum StoredKey<'a> {
+    V4(u32, u8),
+    V6(u128, u8),
+    Name(&'a [u8]),
+    Url(&'a [u8], &'a [u8]),
+}
+
+impl IndicatorSet {
+    /// The first record of the chain at `rec` whose feed is on and that `keep` keeps.
+    #[inline]
+    fn enabled_kept(&self, mut rec: u32, keep: &impl Fn(u32) -> bool) -> Option<u32> {
+        while rec != NONE {
+            let r = &self.index.records[rec as usize];
+            if self.feeds[r.feed as usize].enabled && keep(rec) {
+                return Some(rec);
+            }
+            rec = r.next;
+        }
+        None
+    }
+
+    /// The indicator [`IndicatorSet::match_ip`] would pick among the records
+    /// `keep` keeps, and its prefix length; exclusions are not consulted.
+    #[inline]
+    pub fn best_ip_where(&self, ip: IpAddr, keep: impl Fn(u32) -> bool) -> Option<(u32, usize)> {
+        match ip {
+            IpAddr::V4(a) => self.index.v4.matches_len(u32::from(a)).find_map(|(h, l)| Some((self.enabled_kept(h, &keep)?, l.into()))),
+            IpAddr::V6(a) => self.index.v6.matches_len(u128::from(a)).find_map(|(h, l)| Some((self.enabled_kept(h, &keep)?, l.into()))),
+        }
+    }
+
+    /// The indicator [`IndicatorSet::match_domain`] would pick among the
+    /// records `keep` keeps, and the length of the domain it names (`name`
+    /// without its trailing dot); exclusions are not consulted.
+    #[inline]
+    pub fn best_domain_where(&self, name: &[u8], keep: impl Fn(u32) -> bool) -> Option<(u32, usize)> {
+        let name = strip_dot(name);
+        self.index.domains.suffix_matches_len(name).find_map(|(h, l)| Some((self.enabled_kept(h, &keep)?, l)))
+    }
+
+    /// The indicator [`IndicatorSet::match_url`] would pick among the records
+    /// `keep` keeps, and the length of its path; exclusions are not consulted.
+    #[inline]
+    pub fn best_url_where(&self, host: &[u8], path: &[u8], keep: impl Fn(u32) -> bool) -> Option<(u32, usize)> {
+        let (h, p) = lookup_host_path(host, path);
+        self.index.urls.matches_len(h, p).find_map(|(v, l)| Some((self.enabled_kept(v, &keep)?, l)))
+    }
+
+    /// The hit record `rec` makes, with `index` as its reported index.
+    #[inline]
+    pub fn hit_at(&self, rec: u32, index: u32) -> IndicatorHit<'_> {
+        IndicatorHit { index, ..self.hit(rec) }
+    }
+
+    /// The compiled exclusions, shared.
+    pub fn exclusion_set(&self) -> Arc<ExclusionSet> {
+        Arc::clone(&self.exclusions)
+    }
+
+    fn record_is(&self, rec: u32, audit_id: &str, feed: &str) -> bool {
+        let r = &self.index.records[rec as usize];
+        let start = r.audit_off as usize;
+        &self.index.audit_arena[start..start + r.audit_len as usize] == audit_id
+            && &*self.index.feed_names[r.feed as usize] == feed
+    }
+
+    /// The newest record of this indicator (same value, audit id and feed)
+    /// that `keep` keeps: what an overlay must hide to remove it.
+    pub fn find_record(&self, kind: &IndicatorKind, audit_id: &str, feed: &str, keep: impl Fn(u32) -> bool) -> Option<u32> {
+        let chain = |mut rec: u32| {
+            while rec != NONE {
+                if self.record_is(rec, audit_id, feed) && keep(rec) {
+                    return Some(rec);
+                }
+                rec = self.index.records[rec as usize].next;
+            }
+            None
+        };
+        match kind {
+            IndicatorKind::Ipv4(a) => chain(self.index.v4.get_exact(u32::from(*a), 32)?),
+            IndicatorKind::Ipv4Net(n) => chain(self.index.v4.get_exact(u32::from(n.addr()), n.prefix_len())?),
+            IndicatorKind::Ipv6(a) => chain(self.index.v6.get_exact(u128::from(*a), 128)?),
+            IndicatorKind::Ipv6Net(n) => chain(self.index.v6.get_exact(u128::from(n.addr()), n.prefix_len())?),
+            IndicatorKind::Domain(d) => chain(self.index.domains.get(normalize_name(d).ok()?.as_bytes())?),
+            IndicatorKind::Url(u) => {
+                let (host, path) = split_url(u).ok()?;
+                let found = self
+                    .index
+                    .urls
+                    .matches_len(host.as_bytes(), path.as_bytes())
+                    .find(|&(v, l)| l == path.len() && self.record_is(v, audit_id, feed) && keep(v))
+                    .map(|(v, _)| v);
+                found
+            }
+        }
+    }
+
+    /// Every record's key, by record number.
+    fn stored_keys(&self) -> Vec<Option<StoredKey<'_>>> {
+        let ix = &*self.index;
+        let mut keys: Vec<Option<StoredKey<'_>>> = Vec::with_capacity(ix.records.len());
+        keys.resize_with(ix.records.len(), || None);
+        let mut put = |head: u32, key: &dyn Fn() -> StoredKey<'static>| {
+            let mut rec = head;
+            while rec != NONE {
+                keys[rec as usize] = Some(key());
+                rec = ix.records[rec as usize].next;
+            }
+        };
+        for (k, l, v) in ix.v4.entries() {
+            put(v, &|| StoredKey::V4(k, l));
+        }
+        for (k, l, v) in ix.v6.entries() {
+            put(v, &|| StoredKey::V6(k, l));
+        }
+        drop(put);
+        for (name, head) in ix.domains.entries() {
+            let mut rec = head;
+            while rec != NONE {
+                keys[rec as usize] = Some(StoredKey::Name(name));
+                rec = ix.records[rec as usize].next;
+            }
+        }
+        for (host, path, v) in ix.urls.entries() {
+            keys[v as usize] = Some(StoredKey::Url(host, path));
+        }
+        keys
+    }
+
+    /// Adds this set's records that `keep` keeps to `b`, in their order.
+    fn add_records_to(&self, b: &mut IndicatorSetBuilder, keep: impl Fn(u32) -> bool) -> Result<(), IndicatorError> {
+        let ix = &*self.index;
+        for (rec, key) in self.stored_keys().into_iter().enumerate() {
+            let (Some(key), true) = (key, keep(rec as u32)) else { continue };
+            let r = &ix.records[rec];
+            let audit = &ix.audit_arena[r.audit_off as usize..r.audit_off as usize + r.audit_len as usize];
+            let feed = &*ix.feed_names[r.feed as usize];
+            let kind = match key {
+                StoredKey::V4(k, l) => IndicatorKind::Ipv4Net(Ipv4Net::new(Ipv4Addr::from(k), l).map_err(|_| IndicatorError::TooLarge("an IPv4 prefix"))?),
+                StoredKey::V6(k, l) => IndicatorKind::Ipv6Net(Ipv6Net::new(Ipv6Addr::from(k), l).map_err(|_| IndicatorError::TooLarge("an IPv6 prefix"))?),
+                StoredKey::Name(n) => IndicatorKind::Domain(String::from_utf8_lossy(n).into_owned()),
+                StoredKey::Url(h, p) => {
+                    // Host and path are stored split and normalised; join them
+                    // the way `split_url` splits (an IPv6 host in brackets).
+                    let host = String::from_utf8_lossy(h);
+                    let host = if host.contains(':') { format!("[{host}]") } else { host.into_owned() };
+                    IndicatorKind::Url(format!("http://{host}{}", String::from_utf8_lossy(p)))
+                }
+            };
+            b.add_parts(&kind, audit, feed)?;
+        }
+        Ok(())
+    }
+
+    /// One set holding `base`'s records that `keep` keeps, then all of
+    /// `delta`'s, in that order (what compacting an overlay makes), with
+    /// `base`'s exclusions and feed settings.
+    pub fn merged(base: &IndicatorSet, keep: impl Fn(u32) -> bool, delta: &IndicatorSet) -> Result<IndicatorSet, IndicatorError> {
+        let mut b = IndicatorSetBuilder::with_capacity(base.len() + delta.len());
+        base.add_records_to(&mut b, keep)?;
+        delta.add_records_to(&mut b, |_| true)?;
+        Ok(b.build(&base.settings).with_exclusion_set(base.exclusion_set()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

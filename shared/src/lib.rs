@@ -4,7 +4,8 @@
 //! validation ([`config`]), the stats report that the control plane serves
 //! and `hbgw stats` prints ([`stats`]), and the state the control plane writes
 //! and data-plane workers read without locks ([`state`]): endpoint health
-//! ([`endpoint`]), threat indicators ([`indicators`]) and the firewall policy
+//! ([`endpoint`]), threat indicators ([`indicators`], published as a base set
+//! plus recent changes, [`indicator_overlay`]) and the firewall policy
 //! ([`policy`]), and the files they can be loaded from without a Central
 //! ([`feed_file`]).
 //!
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod feed_file;
+pub mod indicator_overlay;
 pub mod indicators;
 pub mod policy;
 pub mod state;

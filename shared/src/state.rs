@@ -19,6 +19,9 @@
 //!   the fast path, then published with one pointer store. A worker sees the
 //!   old one or the new one, never half. The old one is freed when the last
 //!   worker lets go of it.
+//!   Indicators are published as an [`IndicatorOverlay`]: a large base set
+//!   plus a small set of recent changes, so one new indicator among millions
+//!   compiles only the change.
 //! * **Per-endpoint health is one atomic byte** shared by every generation of
 //!   the endpoint index (see [`crate::endpoint`]), so "heartbeat turned red"
 //!   is one store and takes effect on the next packet, with no rebuild.
@@ -31,6 +34,7 @@
 //! `benches/state_lookup.rs` measures this against a `DashMap`.
 
 use crate::endpoint::{EndpointReader, EndpointSnapshot, EndpointTable, EndpointTableWriter};
+use crate::indicator_overlay::IndicatorOverlay;
 use crate::indicators::{ExclusionSet, IndicatorError, IndicatorSet, ThreatExclusion, ThreatFeedSettings};
 use crate::policy::CompiledPolicy;
 use arc_swap::{ArcSwap, Cache};
@@ -43,18 +47,18 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct GatewayState {
     policy: Arc<ArcSwap<CompiledPolicy>>,
-    indicators: Arc<ArcSwap<IndicatorSet>>,
+    indicators: Arc<ArcSwap<IndicatorOverlay>>,
     endpoints: EndpointTable,
 }
 
 impl GatewayState {
     /// The state with a first policy and indicator set and an empty endpoint
     /// table, and the endpoint table's writer (for the control plane).
-    pub fn new(policy: CompiledPolicy, indicators: IndicatorSet) -> (Arc<Self>, EndpointTableWriter) {
+    pub fn new(policy: CompiledPolicy, indicators: impl Into<IndicatorOverlay>) -> (Arc<Self>, EndpointTableWriter) {
         let writer = EndpointTableWriter::new();
         let state = GatewayState {
             policy: Arc::new(ArcSwap::from_pointee(policy)),
-            indicators: Arc::new(ArcSwap::from_pointee(indicators)),
+            indicators: Arc::new(ArcSwap::from_pointee(indicators.into())),
             endpoints: writer.table(),
         };
         (Arc::new(state), writer)
@@ -67,6 +71,11 @@ impl GatewayState {
 
     /// Publishes a new indicator set (a new feed, built aside).
     pub fn set_indicators(&self, indicators: IndicatorSet) {
+        self.indicators.store(Arc::new(IndicatorOverlay::from_set(indicators)));
+    }
+
+    /// Publishes indicators as a base set plus recent changes.
+    pub fn set_overlay(&self, indicators: IndicatorOverlay) {
         self.indicators.store(Arc::new(indicators));
     }
 
@@ -91,8 +100,8 @@ impl GatewayState {
         self.policy.load_full()
     }
 
-    /// The current indicator set.
-    pub fn indicators(&self) -> Arc<IndicatorSet> {
+    /// The current indicators.
+    pub fn indicators(&self) -> Arc<IndicatorOverlay> {
         self.indicators.load_full()
     }
 
@@ -115,7 +124,7 @@ impl GatewayState {
 /// threads: each worker makes its own with [`GatewayState::worker_view`].
 pub struct WorkerView {
     policy: Cache<Arc<ArcSwap<CompiledPolicy>>, Arc<CompiledPolicy>>,
-    indicators: Cache<Arc<ArcSwap<IndicatorSet>>, Arc<IndicatorSet>>,
+    indicators: Cache<Arc<ArcSwap<IndicatorOverlay>>, Arc<IndicatorOverlay>>,
     endpoints: EndpointReader,
 }
 
@@ -131,7 +140,7 @@ pub struct StateView<'a> {
     /// The policy.
     pub policy: &'a CompiledPolicy,
     /// Indicators, exclusions and feed settings.
-    pub indicators: &'a IndicatorSet,
+    pub indicators: &'a IndicatorOverlay,
     /// Endpoint health by MAC and IP (health values are live).
     pub endpoints: &'a EndpointSnapshot,
 }

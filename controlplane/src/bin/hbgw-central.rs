@@ -78,6 +78,19 @@ enum Command {
         #[command(subcommand)]
         action: IndicatorCmd,
     },
+    /// Heartbeat settings the gateways apply live: the interval endpoints
+    /// are told, the missed-heartbeat limit, the missing-heartbeat zones.
+    Heartbeat {
+        /// Heartbeat interval, milliseconds (15000 in the product).
+        #[arg(long, default_value_t = 15_000)]
+        interval_ms: u64,
+        /// Heartbeats missed before an endpoint is lost or missing.
+        #[arg(long, default_value_t = 3)]
+        missed_limit: u32,
+        /// Zones where missing and no-heartbeat are detected (none: each gateway's own).
+        #[arg(long = "zone")]
+        zones: Vec<String>,
+    },
     /// Set the threat exclusions (the whole list).
     Exclusions {
         /// Hosts, networks, domains or URLs.
@@ -268,6 +281,14 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     let v = admin.call(Method::PUT, "/v1/admin/feed-settings", json_body(serde_json::json!({"enabled": enabled, "action": action})))?;
                     println!("MDR threat feeds {} ({action}) at revision {}", if *enabled { "on" } else { "off" }, v["revision"]);
+                }
+                Command::Heartbeat { interval_ms, missed_limit, zones } => {
+                    let v = admin.call(
+                        Method::PUT,
+                        "/v1/admin/heartbeat",
+                        json_body(serde_json::json!({"interval_ms": interval_ms, "missed_limit": missed_limit, "missing_zones": zones})),
+                    )?;
+                    println!("heartbeat every {interval_ms} ms, missing after {missed_limit} missed, zones {zones:?} at revision {}", v["revision"]);
                 }
                 Command::Exclusions { values } => {
                     let v = admin.call(Method::PUT, "/v1/admin/exclusions", json_body(serde_json::json!({"exclusions": values})))?;

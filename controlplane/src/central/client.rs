@@ -13,11 +13,14 @@
 
 use super::feeds::{parse_plain_list, parse_stix_bundle, ListType};
 use super::http::{HttpError, HttpsClient};
-use super::protocol::{EnrollRequest, GatewayIdentity, LogAck, Snapshot, SyncAnswer, SyncedState, UpdateError, WireIndicator};
+use super::protocol::{
+    EnrollRequest, GatewayIdentity, HeartbeatSettings, LogAck, Snapshot, SyncAnswer, SyncedState, UpdateError, WireIndicator,
+};
 use super::spool::LogSpool;
-use crate::heartbeat::PinnedCertStore;
+use crate::heartbeat::{HeartbeatService, PinnedCertStore};
 use hbgw_shared::config::{BeforeFirstSync, CentralSection, ThirdPartyFeedSection, ThirdPartyFormat};
-use hbgw_shared::indicators::{IndicatorKind, IndicatorSet};
+use hbgw_shared::indicator_overlay::IndicatorOverlay;
+use hbgw_shared::indicators::IndicatorKind;
 use hbgw_shared::policy::{CompiledPolicy, Policy};
 use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::{CentralStatus, StatsReport};
@@ -116,22 +119,35 @@ pub fn load_state(dir: &Path, limit: usize) -> Result<Option<SyncedState>, Strin
         }
         s.third_party.insert(feed, v);
     }
-    s.build_indicators().map_err(|e| corrupt(e.to_string()))?;
+    s.rebuild().map_err(|e| corrupt(e.to_string()))?;
     Ok(Some(s))
 }
 
 /// Writes the state atomically.
 pub fn save_state(dir: &Path, s: &SyncedState) -> Result<(), String> {
-    let p = PersistedState {
+    match persisted(s, || false) {
+        Some(p) => write_state(dir, p),
+        None => Ok(()),
+    }
+}
+
+/// What is written of `s`; `None` when `stop` said so before it was done.
+fn persisted(s: &SyncedState, stop: impl Fn() -> bool) -> Option<PersistedState> {
+    Some(PersistedState {
         format: STATE_FORMAT,
         revision: s.revision,
-        snapshot: s.to_snapshot(),
+        snapshot: s.to_snapshot_unless(stop)?,
         third_party: s
             .third_party
             .iter()
             .map(|(f, l)| (f.clone(), l.iter().map(|(k, a)| PersistedThirdParty { value: k.to_string(), audit_id: a.clone() }).collect()))
             .collect(),
-    };
+    })
+}
+
+/// Writes a persisted state atomically, indicators sorted by audit ID.
+fn write_state(dir: &Path, mut p: PersistedState) -> Result<(), String> {
+    p.snapshot.indicators.sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
     let bytes = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
     let path = dir.join(STATE_FILE);
     write_atomic(&path, &bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))
@@ -157,8 +173,8 @@ pub struct CentralStart {
     pub policy: Option<Policy>,
     /// The compiled policy to start with.
     pub compiled: CompiledPolicy,
-    /// The indicator set to start with.
-    pub indicators: IndicatorSet,
+    /// The indicators to start with.
+    pub indicators: IndicatorOverlay,
     /// The identity, when enrolled.
     pub identity: Option<GatewayIdentity>,
     /// The log spool.
@@ -191,7 +207,7 @@ pub fn load_start(section: &CentralSection) -> Result<CentralStart, String> {
         Some((p, c)) => (Some(p), c),
         None => (None, no_policy(section.before_first_sync)),
     };
-    let indicators = synced.build_indicators().map_err(|e| e.to_string())?;
+    let indicators = synced.book.overlay().clone();
     let spool = LogSpool::open(dir, section.spool_max_events)?;
     Ok(CentralStart { synced, policy, compiled, indicators, identity, spool })
 }
@@ -221,6 +237,22 @@ struct Ctx {
     status: Arc<Mutex<CentralStatus>>,
     spool: Arc<Mutex<LogSpool>>,
     dirty: AtomicBool,
+    compacting: AtomicBool,
+    /// An update waits for `synced`: the state writer lets go of it.
+    update_waiting: AtomicBool,
+    /// The last refused update or feed, reported to Central in the health summary.
+    rejections: Mutex<Rejections>,
+    /// Wakes the health loop to report a refusal at once.
+    health_now: tokio::sync::Notify,
+    /// The heartbeat service Central's heartbeat settings go to, when it runs.
+    heartbeat: Mutex<Option<Arc<HeartbeatService>>>,
+}
+
+/// Refusals, as reported to Central.
+#[derive(Default)]
+struct Rejections {
+    update: Option<serde_json::Value>,
+    feed: Option<serde_json::Value>,
 }
 
 /// The running client (its tasks run on the control plane's runtime).
@@ -280,6 +312,11 @@ impl CentralClient {
             status,
             spool: Arc::new(Mutex::new(start.spool)),
             dirty: AtomicBool::new(false),
+            compacting: AtomicBool::new(false),
+            update_waiting: AtomicBool::new(false),
+            rejections: Mutex::new(Rejections::default()),
+            health_now: tokio::sync::Notify::new(),
+            heartbeat: Mutex::new(None),
             config,
         });
         let mut tasks = vec![
@@ -297,6 +334,16 @@ impl CentralClient {
     /// The spool the event log writes into.
     pub fn spool(&self) -> Arc<Mutex<LogSpool>> {
         self.ctx.spool.clone()
+    }
+
+    /// Gives Central's heartbeat settings to the running heartbeat service:
+    /// those of the last-known-good state now, each change as it comes.
+    pub fn attach_heartbeat(&self, service: Arc<HeartbeatService>) {
+        *lock(&self.ctx.heartbeat) = Some(service);
+        let current = lock(&self.ctx.synced).heartbeat.clone();
+        if let Some(h) = current {
+            self.ctx.apply_heartbeat(&h);
+        }
     }
 
     /// Called every stats interval: counts fail-open frames.
@@ -376,6 +423,7 @@ impl Ctx {
 
     /// Parses, validates, publishes and commits one sync answer (blocking).
     fn apply(&self, body: &[u8], since: u64) -> Result<bool, UpdateError> {
+        let t0 = std::time::Instant::now();
         let answer: SyncAnswer = serde_json::from_slice(body)
             .map_err(|e| UpdateError::Invalid(format!("Central's sync answer does not parse ({e}): check that [central] url is a Central")))?;
         if answer.snapshot.is_none() && answer.changes.as_ref().is_none_or(Vec::is_empty) {
@@ -384,8 +432,12 @@ impl Ctx {
             }
             return Ok(false);
         }
+        let t_parse = t0.elapsed();
+        self.update_waiting.store(true, Ordering::Release);
         let mut synced = lock(&self.synced);
+        self.update_waiting.store(false, Ordering::Release);
         let prepared = synced.prepare(&answer, self.config.max_indicators)?;
+        let t_prepare = t0.elapsed();
         let snapshot = answer.snapshot.is_some();
         // Publish: certificates, then indicators, then policy (each whole).
         if let Some(certs) = &self.certs {
@@ -399,14 +451,23 @@ impl Ctx {
             }
         }
         if let Some(set) = &prepared.indicators {
-            self.state.set_indicators(set.clone());
+            self.state.set_overlay(set.clone());
         }
         if let Some(p) = &prepared.policy {
             self.state.set_policy(p.clone().unwrap_or_else(|| no_policy(self.config.before_first_sync)));
         }
         let (added, removed, new_set) = (prepared.certs_added.len(), prepared.certs_removed.len(), prepared.indicators.is_some());
+        if let Some(h) = &prepared.heartbeat {
+            self.apply_heartbeat(h);
+        }
+        let t_publish = t0.elapsed();
         synced.commit(prepared);
         self.dirty.store(true, Ordering::Release);
+        tracing::debug!(
+            "sync answer of {} bytes: parsed at {t_parse:?}, validated and compiled at {t_prepare:?}, published at {t_publish:?}, committed at {:?}",
+            body.len(),
+            t0.elapsed()
+        );
         let (rev, has_policy, ncerts) = (synced.revision, synced.policy.is_some(), synced.certs.len());
         drop(synced);
         let indicators = self.state.indicators().len() as u64;
@@ -424,7 +485,24 @@ impl Ctx {
             if snapshot { " (full snapshot)" } else { "" },
             if new_set { " (new set)" } else { "" }
         );
+        if body.len() >= 1 << 20 {
+            // Freeing a large parsed answer (10M indicators: 30M strings)
+            // takes seconds: not before the next long-poll goes out.
+            let _ = std::thread::Builder::new().name("hbgw-free".into()).spawn(move || drop(answer));
+        }
         Ok(true)
+    }
+
+    fn apply_heartbeat(&self, h: &HeartbeatSettings) {
+        let Some(svc) = lock(&self.heartbeat).clone() else {
+            tracing::info!("heartbeat settings from Central kept (no heartbeat service runs here)");
+            return;
+        };
+        let zones = (!h.missing_zones.is_empty()).then(|| h.missing_zones.iter().cloned().collect());
+        if let Err(e) = svc.set_settings(Duration::from_millis(h.interval_ms), h.missed_limit, zones) {
+            tracing::warn!("heartbeat settings from Central not applied: {e}");
+            self.set_status(|s| s.last_error = Some(format!("heartbeat settings: {e}")));
+        }
     }
 
     /// Replaces one third-party feed's indicators (blocking).
@@ -434,9 +512,9 @@ impl Ctx {
             return Ok(false);
         }
         let old = synced.third_party.insert(feed.to_owned(), list);
-        match synced.build_indicators() {
+        match synced.rebuild() {
             Ok(set) => {
-                self.state.set_indicators(set);
+                self.state.set_overlay(set.clone());
                 self.dirty.store(true, Ordering::Release);
                 let n = self.state.indicators().len() as u64;
                 self.set_status(|s| s.indicators = n);
@@ -491,6 +569,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             Ok(Ok(_)) => {
                 backoff.reset();
                 force_snapshot = false;
+                maybe_compact(&ctx);
             }
             Ok(Err(UpdateError::Gap { have, next })) => {
                 tracing::warn!("Central: revision gap (have {have}, offered {next}): asking for a full snapshot");
@@ -502,6 +581,10 @@ async fn sync_loop(ctx: Arc<Ctx>) {
                     s.updates_rejected += 1;
                     s.last_error = Some(format!("update refused: {e}"));
                 });
+                let in_force = lock(&ctx.synced).revision;
+                lock(&ctx.rejections).update =
+                    Some(serde_json::json!({"at_ms": now_ms(), "revision_in_force": in_force, "error": e.to_string()}));
+                ctx.health_now.notify_one();
                 tokio::time::sleep(backoff.next()).await;
             }
             Err(e) => {
@@ -512,22 +595,80 @@ async fn sync_loop(ctx: Arc<Ctx>) {
     }
 }
 
+/// Indicators changed since the base was built beyond which the delta is
+/// folded into a new base (each update compiles the whole delta).
+pub const COMPACT_AFTER: usize = 20_000;
+
+/// Starts folding the delta into a new base on a blocking thread when it
+/// has grown past [`COMPACT_AFTER`] (one compaction at a time). The new base
+/// is published only if no update came in while it was built; otherwise
+/// the next update tries again.
+fn maybe_compact(ctx: &Arc<Ctx>) {
+    let (overlay, generation) = {
+        let s = lock(&ctx.synced);
+        if s.book.touched() < COMPACT_AFTER {
+            return;
+        }
+        (s.book.overlay().clone(), s.book.generation())
+    };
+    if ctx.compacting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        match overlay.compacted() {
+            Ok(built) => {
+                let mut s = lock(&c.synced);
+                match s.install_compacted(generation, built) {
+                    Some(o) => {
+                        c.state.set_overlay(o.clone());
+                        tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
+                    }
+                    None => tracing::debug!("indicator compaction outrun by an update; the next update retries"),
+                }
+            }
+            Err(e) => tracing::warn!("indicator compaction failed ({e}); the overlay stays in force"),
+        }
+        c.compacting.store(false, Ordering::Release);
+    });
+}
+
+/// The longest a changed state goes unwritten while updates keep coming.
+pub const PERSIST_WITHIN: Duration = Duration::from_secs(60);
+
 async fn persist_loop(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the state was last written, or first found unwritten.
+    let mut written = std::time::Instant::now();
     loop {
         tick.tick().await;
         if !ctx.dirty.swap(false, Ordering::AcqRel) {
+            written = std::time::Instant::now();
             continue;
         }
+        // The state is copied under the lock (written outside it), giving
+        // way to any update that comes in meanwhile (copying 10M indicators
+        // takes seconds). Once it has gone unwritten for PERSIST_WITHIN, it
+        // no longer gives way, so that it is written under a steady stream
+        // of updates too (at the cost of one such stall per PERSIST_WITHIN).
         let c = ctx.clone();
+        let yield_to_updates = written.elapsed() < PERSIST_WITHIN;
         let r = tokio::task::spawn_blocking(move || {
-            let s = lock(&c.synced);
-            save_state(&c.config.state_dir, &s)
+            let p = {
+                let s = lock(&c.synced);
+                persisted(&s, || yield_to_updates && c.update_waiting.load(Ordering::Acquire))
+            };
+            match p {
+                Some(p) => write_state(&c.config.state_dir, p).map(|()| true),
+                None => Ok(false),
+            }
         })
         .await;
         match r {
-            Ok(Ok(())) => {}
+            Ok(Ok(true)) => written = std::time::Instant::now(),
+            Ok(Ok(false)) => ctx.dirty.store(true, Ordering::Release),
             Ok(Err(e)) => {
                 tracing::warn!("{e}: will retry");
                 ctx.dirty.store(true, Ordering::Release);
@@ -587,7 +728,11 @@ async fn upload_loop(ctx: Arc<Ctx>) {
 async fn health_loop(ctx: Arc<Ctx>, health: HealthSource) {
     let every = Duration::from_secs(ctx.config.health_interval_s);
     loop {
-        tokio::time::sleep(every).await;
+        // Every interval, and at once when an update or feed was refused.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = ctx.health_now.notified() => {}
+        }
         let Some(id) = lock(&ctx.identity).clone() else { continue };
         let mut v = health();
         let status = lock(&ctx.status).clone();
@@ -597,6 +742,11 @@ async fn health_loop(ctx: Arc<Ctx>, health: HealthSource) {
             o.insert("events_spooled".into(), status.events_spooled.into());
             o.insert("events_dropped".into(), status.events_dropped.into());
             o.insert("fail_open_frames".into(), status.fail_open_frames.into());
+            o.insert("updates_applied".into(), status.updates_applied.into());
+            o.insert("updates_rejected".into(), status.updates_rejected.into());
+            let r = lock(&ctx.rejections);
+            o.insert("last_rejected_update".into(), r.update.clone().unwrap_or_default());
+            o.insert("last_rejected_feed".into(), r.feed.clone().unwrap_or_default());
         }
         let body = serde_json::to_vec(&v).unwrap_or_default();
         if let Err(e) = ctx
@@ -664,6 +814,9 @@ async fn feed_loop(ctx: Arc<Ctx>, feed: ThirdPartyFeedSection) {
                     Ok(Err(e)) => {
                         tracing::warn!("feed {} refused, its previous indicators stay in force: {e}", feed.name);
                         ctx.set_status(|s| s.last_error = Some(format!("feed {}: {e}", feed.name)));
+                        lock(&ctx.rejections).feed =
+                            Some(serde_json::json!({"at_ms": now_ms(), "feed": feed.name, "error": e.to_string()}));
+                        ctx.health_now.notify_one();
                     }
                     Err(e) => tracing::warn!("feed {}: {e}", feed.name),
                 }

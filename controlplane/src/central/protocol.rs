@@ -9,8 +9,9 @@
 //! client's job, with the compiled result) and never panic on input.
 
 use crate::heartbeat::CertFingerprint;
+use hbgw_shared::indicator_overlay::IndicatorOverlay;
 use hbgw_shared::indicators::{
-    IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
+    ExclusionSet, IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
 };
 use hbgw_shared::policy::{CompiledPolicy, Policy};
 use rustls::pki_types::pem::PemObject;
@@ -93,6 +94,40 @@ pub enum Change {
         /// SHA-256 of the DER, hex.
         fingerprint: String,
     },
+    /// New heartbeat settings.
+    HeartbeatSet {
+        /// The settings.
+        settings: HeartbeatSettings,
+    },
+}
+
+/// Heartbeat settings Central gives the gateway (applied live).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSettings {
+    /// The heartbeat interval endpoints are told, milliseconds (100..=3,600,000).
+    pub interval_ms: u64,
+    /// Heartbeats missed before an endpoint is lost or missing (1..=100).
+    pub missed_limit: u32,
+    /// Zones where missing and no-heartbeat are detected; empty: the gateway's own.
+    #[serde(default)]
+    pub missing_zones: Vec<String>,
+}
+
+/// Checks heartbeat settings.
+pub fn check_heartbeat_settings(h: &HeartbeatSettings) -> Result<(), UpdateError> {
+    if !(100..=3_600_000).contains(&h.interval_ms) {
+        return Err(bad(format!("heartbeat interval_ms {}: use 100 to 3600000 (15000 in the product)", h.interval_ms)));
+    }
+    if !(1..=100).contains(&h.missed_limit) {
+        return Err(bad(format!("heartbeat missed_limit {}: use 1 to 100 (3 in the product)", h.missed_limit)));
+    }
+    for z in &h.missing_zones {
+        if z.is_empty() || z.len() > 64 || !z.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(bad(format!("missing-heartbeat zone {z:?}: use 1 to 64 letters, digits, '.', '_' or '-'")));
+        }
+    }
+    Ok(())
 }
 
 /// A change with its revision.
@@ -124,6 +159,9 @@ pub struct Snapshot {
     /// Endpoint certificates.
     #[serde(default)]
     pub endpoint_certs: Vec<WireEndpointCert>,
+    /// Heartbeat settings; none: the gateway's own `[heartbeat]` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<HeartbeatSettings>,
 }
 
 /// The answer to `GET /v1/sync`.
@@ -332,6 +370,50 @@ pub struct HeldCert {
     pub der: Vec<u8>,
 }
 
+/// Central indicators touched since the base set was built.
+#[derive(Debug, Clone)]
+struct Touch {
+    /// Order of the last touch (the delta is built in this order).
+    seq: u64,
+    /// The indicator now; `None`: removed.
+    now: Option<HeldIndicator>,
+}
+
+/// The compiled indicators in force and what it takes to change them
+/// without rebuilding the base: the base set (built from the whole model),
+/// the audit IDs touched since (their base records are tombstoned) and the
+/// overlay last published.
+#[derive(Debug, Clone, Default)]
+pub struct IndicatorBook {
+    overlay: IndicatorOverlay,
+    touched: HashMap<Box<str>, Touch>,
+    seq: u64,
+    /// Bumped by every change; a compaction publishes only if it is unchanged.
+    generation: u64,
+}
+
+impl IndicatorBook {
+    /// A freshly built whole set.
+    pub fn from_set(set: IndicatorSet, generation: u64) -> Self {
+        IndicatorBook { overlay: IndicatorOverlay::from_set(set), touched: HashMap::new(), seq: 0, generation: generation + 1 }
+    }
+
+    /// What workers should see.
+    pub fn overlay(&self) -> &IndicatorOverlay {
+        &self.overlay
+    }
+
+    /// Audit IDs changed since the base was built (the delta's size).
+    pub fn touched(&self) -> usize {
+        self.touched.len()
+    }
+
+    /// Changes since this book was made.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 /// What Central shared, as the gateway holds it, at [`SyncedState::revision`].
 #[derive(Debug, Clone, Default)]
 pub struct SyncedState {
@@ -349,6 +431,10 @@ pub struct SyncedState {
     pub certs: BTreeMap<CertFingerprint, HeldCert>,
     /// Indicators from third-party feeds the gateway polls itself, by feed name.
     pub third_party: BTreeMap<String, Vec<(IndicatorKind, String)>>,
+    /// The compiled indicators (see [`SyncedState::rebuild`]).
+    pub book: IndicatorBook,
+    /// Heartbeat settings, if Central gave some.
+    pub heartbeat: Option<HeartbeatSettings>,
 }
 
 /// What changes when an update is committed, compiled and ready to publish.
@@ -359,12 +445,14 @@ pub struct Prepared {
     /// `Some`: the policy to publish (`Some(None)`: Central has no policy,
     /// the gateway's before-first-policy choice applies); `None`: unchanged.
     pub policy: Option<Option<CompiledPolicy>>,
-    /// A new indicator set (indicators, settings or exclusions changed).
-    pub indicators: Option<IndicatorSet>,
+    /// New indicators to publish (indicators, settings or exclusions changed).
+    pub indicators: Option<IndicatorOverlay>,
     /// Certificates to pin.
     pub certs_added: Vec<(CertFingerprint, HeldCert)>,
     /// Certificates to unpin.
     pub certs_removed: Vec<CertFingerprint>,
+    /// Heartbeat settings to apply (changed by this update).
+    pub heartbeat: Option<HeartbeatSettings>,
     /// The model after the update (moved into place by [`SyncedState::commit`]).
     next: Pending,
 }
@@ -373,8 +461,9 @@ pub struct Prepared {
 enum Pending {
     /// Replace everything.
     Whole(Box<SyncedState>),
-    /// Apply these changes to the current model (already validated).
-    Changes(Vec<ValidChange>),
+    /// Apply these changes to the current model (already validated), and
+    /// take this book when the indicators changed.
+    Changes(Vec<ValidChange>, Option<Box<IndicatorBook>>),
 }
 
 #[derive(Debug)]
@@ -386,6 +475,7 @@ enum ValidChange {
     Exclusions(Vec<String>),
     CertAdd(CertFingerprint, HeldCert),
     CertRemove(CertFingerprint),
+    Heartbeat(HeartbeatSettings),
 }
 
 /// Interns feed names so that a million indicators share a handful of strings.
@@ -427,6 +517,9 @@ impl SyncedState {
             let (fp, der) = check_cert(c)?;
             certs.insert(fp, HeldCert { name: c.name.clone(), pem: c.pem.clone(), der });
         }
+        if let Some(h) = &snap.heartbeat {
+            check_heartbeat_settings(h)?;
+        }
         Ok(SyncedState {
             revision,
             policy: snap.policy.clone(),
@@ -435,18 +528,30 @@ impl SyncedState {
             indicators,
             certs,
             third_party: BTreeMap::new(),
+            book: IndicatorBook::default(),
+            heartbeat: snap.heartbeat.clone(),
         })
     }
 
-    /// The snapshot of this state (what is persisted).
+    /// The snapshot of this state (what is persisted), indicators sorted by audit ID.
     pub fn to_snapshot(&self) -> Snapshot {
-        let mut indicators: Vec<WireIndicator> = self
-            .indicators
-            .iter()
-            .map(|(a, h)| WireIndicator { value: h.kind.to_string(), audit_id: a.to_string(), feed: h.feed.to_string() })
-            .collect();
-        indicators.sort_by(|a, b| a.audit_id.cmp(&b.audit_id));
-        Snapshot {
+        let mut snap = self.to_snapshot_unless(|| false).unwrap_or_default();
+        snap.indicators.sort_by(|a, b| a.audit_id.cmp(&b.audit_id));
+        snap
+    }
+
+    /// The snapshot of this state, indicators in no particular order; gives
+    /// up (`None`) as soon as `stop` says so (checked every 4096 indicators),
+    /// so that whoever holds this state's lock for it can yield to an update.
+    pub fn to_snapshot_unless(&self, stop: impl Fn() -> bool) -> Option<Snapshot> {
+        let mut indicators: Vec<WireIndicator> = Vec::with_capacity(self.indicators.len());
+        for (n, (a, h)) in self.indicators.iter().enumerate() {
+            if n % 4096 == 0 && stop() {
+                return None;
+            }
+            indicators.push(WireIndicator { value: h.kind.to_string(), audit_id: a.to_string(), feed: h.feed.to_string() });
+        }
+        Some(Snapshot {
             policy: self.policy.clone(),
             feed_settings: self.feed_settings.clone(),
             exclusions: self.exclusions.clone(),
@@ -456,7 +561,8 @@ impl SyncedState {
                 .iter()
                 .map(|(fp, c)| WireEndpointCert { name: c.name.clone(), fingerprint: fp.to_string(), pem: c.pem.clone() })
                 .collect(),
-        }
+            heartbeat: self.heartbeat.clone(),
+        })
     }
 
     /// Compiles the policy in force (`None`: no policy from Central yet).
@@ -474,6 +580,78 @@ impl SyncedState {
         )
     }
 
+    /// Builds the whole indicator set anew and makes it the base (no delta).
+    pub fn rebuild(&mut self) -> Result<&IndicatorOverlay, UpdateError> {
+        let set = self.build_indicators()?;
+        self.book = IndicatorBook::from_set(set, self.book.generation);
+        Ok(&self.book.overlay)
+    }
+
+    /// Folds the delta into a new base, if no change came in between:
+    /// `built` is `book.overlay().compacted()` of a book of generation
+    /// `generation`. Returns the overlay to publish.
+    pub fn install_compacted(&mut self, generation: u64, built: IndicatorSet) -> Option<&IndicatorOverlay> {
+        if self.book.generation != generation {
+            return None;
+        }
+        self.book = IndicatorBook::from_set(built, generation);
+        Some(&self.book.overlay)
+    }
+
+    /// The book after `changes` (validated, in order) touched the indicators,
+    /// with new `settings` or `exclusions` if given. Compiles only the
+    /// indicators touched since the base was built.
+    fn incremental(
+        &self,
+        changes: &[ValidChange],
+        settings: Option<&ThreatFeedSettings>,
+        exclusions: Option<&[String]>,
+    ) -> Result<IndicatorBook, UpdateError> {
+        let mut book = self.book.clone();
+        book.generation += 1;
+        let mut base = book.overlay.base().clone();
+        if let Some(s) = settings {
+            base = base.with_settings(s);
+        }
+        if let Some(x) = exclusions {
+            base = base.with_exclusion_set(Arc::new(ExclusionSet::compile(&check_exclusions(x)?).map_err(|e| bad(e.to_string()))?));
+        }
+        let mut tombstones = Arc::clone(book.overlay.tombstones());
+        let mut touch = |book: &mut IndicatorBook, audit: &str, now: Option<&HeldIndicator>| {
+            if !book.touched.contains_key(audit) {
+                // First change since the base was built: the model's value is
+                // the base's; hide its record.
+                if let Some(old) = self.indicators.get(audit) {
+                    let t = Arc::make_mut(&mut tombstones);
+                    if let Some(rec) = base.find_record(&old.kind, audit, &old.feed, |r| !t.contains(r)) {
+                        t.insert(rec);
+                    }
+                }
+            }
+            book.seq += 1;
+            let seq = book.seq;
+            book.touched.insert(Box::from(audit), Touch { seq, now: now.cloned() });
+        };
+        for c in changes {
+            match c {
+                ValidChange::Add(batch) => batch.iter().for_each(|(a, h)| touch(&mut book, a, Some(h))),
+                ValidChange::Remove(ids) => ids.iter().for_each(|a| touch(&mut book, a, None)),
+                _ => {}
+            }
+        }
+        let mut live: Vec<(&str, &Touch)> = book.touched.iter().filter(|(_, t)| t.now.is_some()).map(|(a, t)| (&**a, t)).collect();
+        live.sort_unstable_by_key(|(_, t)| t.seq);
+        let mut b = IndicatorSetBuilder::with_capacity(live.len());
+        for (audit, t) in live {
+            if let Some(h) = &t.now {
+                b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let delta = b.build(base.settings());
+        book.overlay = IndicatorOverlay::new(base, &delta, tombstones);
+        Ok(book)
+    }
+
     /// Validates and compiles an answer from Central against this state,
     /// changing nothing. `limit` caps the indicators held.
     pub fn prepare(&self, answer: &SyncAnswer, limit: usize) -> Result<Prepared, UpdateError> {
@@ -481,7 +659,8 @@ impl SyncedState {
             let mut next = Self::from_snapshot(answer.revision, snap, limit)?;
             next.third_party = self.third_party.clone();
             let policy = next.compiled_policy()?.map(|(_, c)| c);
-            let indicators = next.build_indicators()?;
+            next.book = IndicatorBook::from_set(next.build_indicators()?, self.book.generation);
+            let indicators = next.book.overlay.clone();
             let certs_added: Vec<_> = next.certs.iter().filter(|(fp, _)| !self.certs.contains_key(fp)).map(|(f, c)| (*f, c.clone())).collect();
             let certs_removed: Vec<_> = self.certs.keys().filter(|fp| !next.certs.contains_key(fp)).copied().collect();
             return Ok(Prepared {
@@ -490,6 +669,7 @@ impl SyncedState {
                 indicators: Some(indicators),
                 certs_added,
                 certs_removed,
+                heartbeat: next.heartbeat.clone().filter(|h| Some(h) != self.heartbeat.as_ref()),
                 next: Pending::Whole(Box::new(next)),
             });
         }
@@ -506,6 +686,7 @@ impl SyncedState {
         let mut indicators_touched = false;
         let mut certs_added = Vec::new();
         let mut certs_removed = Vec::new();
+        let mut heartbeat = None;
         for e in changes {
             if e.revision != expect + 1 {
                 return Err(UpdateError::Gap { have: expect, next: e.revision });
@@ -566,46 +747,50 @@ impl SyncedState {
                     certs_removed.push(fp);
                     valid.push(ValidChange::CertRemove(fp));
                 }
+                Change::HeartbeatSet { settings: h } => {
+                    check_heartbeat_settings(h).map_err(at)?;
+                    heartbeat = Some(h.clone());
+                    valid.push(ValidChange::Heartbeat(h.clone()));
+                }
             }
         }
         if answer.revision != expect {
             return Err(UpdateError::Gap { have: expect, next: answer.revision });
         }
         let policy = policy_text.map(check_policy).transpose()?.map(|(_, c)| Some(c));
-        let indicators = if indicators_touched || settings.is_some() || exclusions.is_some() {
-            let kept = self.indicators.iter().filter(|(a, _)| !removed.contains(*a) && !added.contains_key(*a));
-            let count = kept.clone().count() + added.len();
+        let book = if indicators_touched || settings.is_some() || exclusions.is_some() {
+            let gone = removed.iter().filter(|a| self.indicators.contains_key(*a)).count();
+            let new = added.keys().filter(|a| !self.indicators.contains_key(*a)).count();
+            let count = self.indicators.len() + new - gone;
             if count > limit {
                 return Err(bad(format!(
                     "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
                 )));
             }
-            let all = kept.chain(added.iter()).map(|(a, h)| (&h.kind, &**a, &*h.feed));
-            Some(build_set(
-                all,
-                &self.third_party,
-                settings.unwrap_or(&self.feed_settings),
-                exclusions.unwrap_or(&self.exclusions),
-            )?)
+            Some(Box::new(self.incremental(&valid, settings, exclusions)?))
         } else {
             None
         };
         Ok(Prepared {
             revision: answer.revision,
             policy,
-            indicators,
+            indicators: book.as_ref().map(|b| b.overlay.clone()),
             certs_added,
             certs_removed,
-            next: Pending::Changes(valid),
+            heartbeat,
+            next: Pending::Changes(valid, book),
         })
     }
 
     /// Moves a prepared update into the model (cannot fail: it was validated).
     pub fn commit(&mut self, prepared: Prepared) -> Prepared {
-        let Prepared { revision, policy, indicators, certs_added, certs_removed, next } = prepared;
+        let Prepared { revision, policy, indicators, certs_added, certs_removed, heartbeat, next } = prepared;
         match next {
             Pending::Whole(s) => *self = *s,
-            Pending::Changes(changes) => {
+            Pending::Changes(changes, book) => {
+                if let Some(b) = book {
+                    self.book = *b;
+                }
                 for c in changes {
                     match c {
                         ValidChange::Add(batch) => self.indicators.extend(batch),
@@ -623,12 +808,13 @@ impl SyncedState {
                         ValidChange::CertRemove(fp) => {
                             self.certs.remove(&fp);
                         }
+                        ValidChange::Heartbeat(h) => self.heartbeat = Some(h),
                     }
                 }
                 self.revision = revision;
             }
         }
-        Prepared { revision, policy, indicators, certs_added, certs_removed, next: Pending::Changes(Vec::new()) }
+        Prepared { revision, policy, indicators, certs_added, certs_removed, heartbeat, next: Pending::Changes(Vec::new(), None) }
     }
 }
 
@@ -688,6 +874,102 @@ mod tests {
         assert_eq!(s.indicators.len(), 1);
         let again = s.build_indicators().unwrap();
         assert_eq!(again.len(), 1);
+    }
+
+    /// Updates applied incrementally (base + delta + tombstones, compacted
+    /// now and then) answer every lookup like the set rebuilt from the model.
+    #[test]
+    fn incremental_updates_match_a_full_rebuild() {
+        let mut s = SyncedState::default();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let value = |v: u64| match v % 4 {
+            0 => format!("10.0.{}.{}", v % 3, v % 7),
+            1 => format!("10.{}.0.0/16", v % 3),
+            2 => format!("{}.evil{}.example", ["a", "b", "c"][(v % 3) as usize], v % 2),
+            _ => format!("http://evil{}.example/p{}", v % 2, v % 3),
+        };
+        let queries_ip: Vec<std::net::IpAddr> = (0..3).flat_map(|a| (0..7).map(move |b| format!("10.0.{a}.{b}").parse().unwrap())).chain(["10.1.2.3".parse().unwrap()]).collect();
+        let names = ["a.evil0.example", "x.b.evil1.example", "c.evil0.example", "evil1.example"];
+        let urls = [("evil0.example", "/p1/x"), ("evil1.example", "/p2"), ("evil0.example", "/q")];
+        let mut rev = 0;
+        let mut most_held = 0;
+        for round in 0..120 {
+            let mut changes = Vec::new();
+            let mut used = HashSet::new();
+            for _ in 0..1 + next(3) {
+                if next(3) == 0 && !s.indicators.is_empty() {
+                    // In a fixed order, so that the sequence is the same every run.
+                    let mut keys: Vec<&Box<str>> = s.indicators.keys().collect();
+                    keys.sort();
+                    let ids: Vec<String> = keys.iter().take(1 + next(2) as usize).map(|k| k.to_string()).collect();
+                    changes.push(Change::IndicatorsRemove { audit_ids: ids });
+                } else {
+                    // One live indicator per value at most (also within one
+                    // answer), so that no two tie and the order of a rebuild
+                    // (a hash map's) cannot matter.
+                    let v = value(next(40));
+                    if !used.insert(v.clone()) || s.indicators.values().any(|h| h.kind.to_string() == v) {
+                        continue;
+                    }
+                    let feed = ["mdr", "f1", "f2"][next(3) as usize];
+                    changes.push(Change::IndicatorsAdd {
+                        indicators: vec![WireIndicator { value: v, audit_id: format!("A{}", next(30)), feed: feed.into() }],
+                    });
+                }
+            }
+            if round % 17 == 5 {
+                let mut st = ThreatFeedSettings::default();
+                st.feeds.insert("f1".into(), hbgw_shared::indicators::FeedSettings { enabled: next(2) == 0, action: FeedAction::LogOnly });
+                changes.push(Change::FeedSettingsSet { settings: st });
+            }
+            if round % 23 == 7 {
+                changes.push(Change::ExclusionsSet { exclusions: vec![format!("10.0.{}.0/24", next(3)), "c.evil0.example".into()] });
+            }
+            if changes.is_empty() {
+                continue;
+            }
+            let a = delta(rev, changes);
+            rev = a.revision;
+            let p = s.prepare(&a, 1000).unwrap();
+            s.commit(p);
+            if round % 31 == 30 {
+                let built = s.book.overlay().compacted().unwrap();
+                let g = s.book.generation();
+                assert!(s.install_compacted(g, built).is_some());
+                assert_eq!(s.book.touched(), 0);
+            }
+            most_held = most_held.max(s.indicators.len());
+            let o = s.book.overlay().clone();
+            let full = s.build_indicators().unwrap();
+            let sum = |m: hbgw_shared::indicators::IndicatorMatch<'_>| match m {
+                hbgw_shared::indicators::IndicatorMatch::NoMatch => None,
+                hbgw_shared::indicators::IndicatorMatch::Hit(h) => Some((h.audit_id.to_owned(), h.action, false)),
+                hbgw_shared::indicators::IndicatorMatch::Excluded(h) => Some((h.audit_id.to_owned(), h.action, true)),
+            };
+            assert_eq!(o.len(), full.len(), "round {round}");
+            for q in &queries_ip {
+                assert_eq!(sum(o.match_ip(*q)), sum(full.match_ip(*q)), "round {round}: {q}");
+            }
+            for n in names {
+                assert_eq!(sum(o.match_domain(n.as_bytes())), sum(full.match_domain(n.as_bytes())), "round {round}: {n}");
+            }
+            for (h, pth) in urls {
+                assert_eq!(sum(o.match_url(h.as_bytes(), pth.as_bytes())), sum(full.match_url(h.as_bytes(), pth.as_bytes())), "round {round}: {h}{pth}");
+            }
+        }
+        assert!(most_held > 5, "the sequence exercised a populated state ({most_held} held at most)");
+        // A compaction outrun by an update is not installed.
+        let g = s.book.generation();
+        let built = s.book.overlay().compacted().unwrap();
+        let a = delta(rev, vec![Change::IndicatorsRemove { audit_ids: s.indicators.keys().take(1).map(|k| k.to_string()).collect() }]);
+        s.commit(s.prepare(&a, 1000).unwrap());
+        assert!(s.install_compacted(g, built).is_none());
     }
 
     #[test]

@@ -12,7 +12,8 @@ use super::ca::CentralCa;
 use super::feeds::{parse_plain_list, parse_stix_bundle, ListType};
 use super::http::{self, bearer, error, json, json_bytes, query, read_body, Handler, ResponseFuture};
 use super::protocol::{
-    check_exclusions, check_feed_name, check_feed_settings, check_indicator, check_policy, EnrollRequest,
+    check_exclusions, check_feed_name, check_feed_settings, check_heartbeat_settings, check_indicator, check_policy,
+    EnrollRequest, HeartbeatSettings,
     GatewayIdentity, LogAck, LogBatch, SyncAnswer, WireEndpointCert, WireIndicator, MAX_LOG_BATCH,
     MAX_LOG_BATCH_BYTES, MAX_WAIT_S,
 };
@@ -222,9 +223,9 @@ impl Central {
                 }
             }
         }
-        let delta = self.db(move |s| Ok((s.revision()?, s.changes_after(since)?))).await?;
+        let delta = self.db(move |s| Ok((s.revision()?, s.sync_answer_json(since)?))).await?;
         match delta {
-            (revision, Some(changes)) => Ok(json(StatusCode::OK, &SyncAnswer { revision, changes: Some(changes), snapshot: None })),
+            (_, Some(body)) => Ok(json_bytes(StatusCode::OK, body)),
             (revision, None) => {
                 if let Some((r, body)) = self.snapshot_cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                     if *r == revision {
@@ -354,6 +355,15 @@ impl Central {
                     .map_err(|e| bad(format!("feed settings: {e}: send {{\"enabled\": true, \"action\": \"log_and_drop\"}}")))?;
                 check_feed_settings(&settings).map_err(|e| bad(e.to_string()))?;
                 let rev = self.db(move |s| s.set_feed_settings(settings)).await?;
+                Ok(self.published(rev))
+            }
+            (Method::PUT, "heartbeat") => {
+                let body = read_body(req.into_body(), 64 << 10).await.map_err(bad)?;
+                let settings: HeartbeatSettings = serde_json::from_slice(&body).map_err(|e| {
+                    bad(format!("heartbeat settings: {e}: send {{\"interval_ms\": 15000, \"missed_limit\": 3, \"missing_zones\": [\"LAN\"]}}"))
+                })?;
+                check_heartbeat_settings(&settings).map_err(|e| bad(e.to_string()))?;
+                let rev = self.db(move |s| s.set_heartbeat(settings)).await?;
                 Ok(self.published(rev))
             }
             (Method::PUT, "exclusions") => {

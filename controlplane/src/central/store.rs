@@ -9,7 +9,7 @@
 //! nothing (the server does, before calling it) and never holds a secret in
 //! clear: tokens and gateway secrets are stored as SHA-256.
 
-use super::protocol::{Change, JournalEntry, LogEvent, Snapshot, WireEndpointCert, WireIndicator};
+use super::protocol::{Change, HeartbeatSettings, JournalEntry, LogEvent, Snapshot, WireEndpointCert, WireIndicator};
 use hbgw_shared::indicators::ThreatFeedSettings;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -212,6 +212,15 @@ impl Store {
         })
     }
 
+    /// Sets the heartbeat settings.
+    pub fn set_heartbeat(&mut self, settings: HeartbeatSettings) -> Result<u64, StoreError> {
+        let json = serde_json::to_string(&settings)?;
+        self.commit(&Change::HeartbeatSet { settings }, move |tx, _| {
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?1)", [json])?;
+            Ok(())
+        })
+    }
+
     /// Sets the exclusion list.
     pub fn set_exclusions(&mut self, exclusions: Vec<String>) -> Result<u64, StoreError> {
         let json = serde_json::to_string(&exclusions)?;
@@ -261,6 +270,39 @@ impl Store {
     /// The changes after `since`, or `None` when the journal no longer
     /// holds all of them (or `since` is ahead of Central).
     pub fn changes_after(&self, since: u64) -> Result<Option<Vec<JournalEntry>>, StoreError> {
+        let Some(rows) = self.journal_after(since)? else { return Ok(None) };
+        let mut out = Vec::with_capacity(rows.len());
+        for (revision, body) in rows {
+            out.push(JournalEntry { revision, change: serde_json::from_str(&body)? });
+        }
+        Ok(Some(out))
+    }
+
+    /// The `GET /v1/sync` answer (a [`super::protocol::SyncAnswer`] with
+    /// `changes`) for a gateway at `since`, as JSON, written around the
+    /// journal's stored change bodies (Central wrote them; a 100,000-indicator
+    /// change is not parsed and re-serialised to be sent); `None` as for
+    /// [`Store::changes_after`].
+    pub fn sync_answer_json(&self, since: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let revision = self.revision()?;
+        let Some(rows) = self.journal_after(since)? else { return Ok(None) };
+        let mut out = Vec::with_capacity(rows.iter().map(|(_, b)| b.len() + 32).sum::<usize>() + 64);
+        out.extend_from_slice(format!("{{\"revision\":{revision},\"changes\":[").as_bytes());
+        for (i, (r, body)) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(format!("{{\"revision\":{r},\"change\":").as_bytes());
+            out.extend_from_slice(body.as_bytes());
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        Ok(Some(out))
+    }
+
+    /// The journal's (revision, change JSON) after `since`; `None` as for
+    /// [`Store::changes_after`].
+    fn journal_after(&self, since: u64) -> Result<Option<Vec<(u64, String)>>, StoreError> {
         let current = self.revision()?;
         if since > current || since == 0 {
             return Ok(None);
@@ -274,13 +316,8 @@ impl Store {
             _ => return Ok(None),
         }
         let mut st = self.db.prepare("SELECT revision, body FROM changes WHERE revision > ?1 ORDER BY revision")?;
-        let rows = st.query_map([since as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (revision, body) = row?;
-            out.push(JournalEntry { revision: revision as u64, change: serde_json::from_str(&body)? });
-        }
-        Ok(Some(out))
+        let rows = st.query_map([since as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))?;
+        Ok(Some(rows.collect::<Result<Vec<_>, _>>()?))
     }
 
     /// Everything, at the current revision.
@@ -302,7 +339,11 @@ impl Store {
         let endpoint_certs = st
             .query_map([], |r| Ok(WireEndpointCert { name: r.get(0)?, fingerprint: r.get(1)?, pem: r.get(2)? }))?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((revision, Snapshot { policy: self.meta("policy")?, feed_settings, exclusions, indicators, endpoint_certs }))
+        let heartbeat = match self.meta("heartbeat")? {
+            Some(j) => Some(serde_json::from_str(&j)?),
+            None => None,
+        };
+        Ok((revision, Snapshot { policy: self.meta("policy")?, feed_settings, exclusions, indicators, endpoint_certs, heartbeat }))
     }
 
     /// Number of indicators held.
@@ -439,6 +480,13 @@ mod tests {
         let d = s.changes_after(2).unwrap().unwrap();
         assert_eq!(d.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(s.changes_after(5).unwrap().unwrap().is_empty());
+        // The answer written around the stored bodies is the answer serde would write.
+        let raw = s.sync_answer_json(2).unwrap().unwrap();
+        let parsed: super::super::protocol::SyncAnswer = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(parsed, super::super::protocol::SyncAnswer { revision: 5, changes: Some(d.clone()), snapshot: None });
+        assert_eq!(raw, serde_json::to_vec(&parsed).unwrap());
+        assert_eq!(s.sync_answer_json(5).unwrap().unwrap(), br#"{"revision":5,"changes":[]}"#);
+        assert!(s.sync_answer_json(1).unwrap().is_none());
         assert!(s.changes_after(9).unwrap().is_none(), "a gateway ahead of Central gets a snapshot");
         let (rev, snap) = s.snapshot().unwrap();
         assert_eq!(rev, 5);

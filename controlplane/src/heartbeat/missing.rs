@@ -194,6 +194,20 @@ impl MissingHeartbeatTimer {
         }
     }
 
+    /// New interval, missed limit and zones (from Central). Deadlines already
+    /// armed keep their time; each endpoint's next heartbeat arms the new
+    /// window, and traffic is judged against the new zones from now on.
+    pub fn set_settings(&mut self, interval: Duration, missed_limit: u32, zones: HashSet<String>) {
+        self.interval = interval;
+        self.missed_limit = missed_limit.max(1);
+        self.zones = zones;
+    }
+
+    /// The zones where missing and no-heartbeat are detected.
+    pub fn zones(&self) -> &HashSet<String> {
+        &self.zones
+    }
+
     /// The time without heartbeat after which an endpoint is lost or missing.
     pub fn window(&self) -> Duration {
         self.interval * self.missed_limit

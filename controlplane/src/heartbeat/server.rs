@@ -191,7 +191,7 @@ impl Session {
             shared.sign_in(id, user.clone());
         }
         let welcome = GatewayMessage::Welcome {
-            heartbeat_interval_ms: u64::try_from(shared.config.interval.as_millis()).unwrap_or(u64::MAX),
+            heartbeat_interval_ms: u64::try_from(shared.live_settings().interval.as_millis()).unwrap_or(u64::MAX),
             gateway: shared.config.gateway_name.clone(),
             endpoint_id: id.0,
         };
@@ -228,8 +228,8 @@ impl Session {
     }
 
     async fn serve(&mut self, id: hbgw_shared::endpoint::EndpointId, rx: &mut mpsc::Receiver<Encoded>, close: &CancellationToken) -> End {
-        let config = &self.shared.config;
-        let idle_limit = config.interval * (config.missed_limit + 1);
+        let live = self.shared.live_settings();
+        let idle_limit = live.interval * (live.missed_limit + 1);
         let idle = sleep(idle_limit);
         tokio::pin!(idle);
         loop {

@@ -1,0 +1,134 @@
+//! Heartbeat settings changed while the service runs: by the service's own
+//! call, and from Central through the gateway's Central client (applied at
+//! once, persisted, and applied again at the next start).
+
+#[path = "heartbeat_support/mod.rs"]
+mod support;
+
+use hbgw_controlplane::central::client::{load_start, load_state, CentralClient, CentralSetup};
+use hbgw_controlplane::central::http;
+use hbgw_controlplane::central::server::{self, Central};
+use hbgw_controlplane::heartbeat::client::{client_config, EndpointConnection};
+use hbgw_controlplane::heartbeat::protocol::{GatewayMessage, ReportedHealth};
+use hbgw_controlplane::heartbeat::HeartbeatService;
+use hbgw_shared::config::{BeforeFirstSync, CentralSection};
+use hbgw_shared::state::GatewayState;
+use hbgw_shared::stats::CentralStatus;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+
+/// Connects endpoint `i`, sends its Hello; returns the session and the interval Welcome gave.
+async fn welcome(service: &HeartbeatService, pki: &hbgw_controlplane::heartbeat::pki::TestPki, i: usize) -> (EndpointConnection, u64) {
+    let ep = &pki.endpoints[i];
+    let cfg = client_config(pki.ca_pem.as_bytes(), ep.cert_pem.as_bytes(), ep.key_pem.as_bytes(), false).unwrap();
+    let mut c = EndpointConnection::connect(service.local_addr(), "localhost", cfg).await.unwrap();
+    c.send(hello(i, ReportedHealth::Green, vec![])).await.unwrap();
+    let GatewayMessage::Welcome { heartbeat_interval_ms, .. } = recv(&mut c).await else { panic!("welcome expected") };
+    (c, heartbeat_interval_ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_get_the_new_interval_and_missed_limit() {
+    let gw = start(3, |_| {}).await;
+    let (_c0, interval) = welcome(&gw.service, &gw.pki, 0).await;
+    assert_eq!(interval, 15_000);
+
+    gw.service.set_settings(Duration::from_millis(300), 1, None).unwrap();
+    assert_eq!(gw.service.report().interval_secs, 0.3);
+    let (mut c1, interval) = welcome(&gw.service, &gw.pki, 1).await;
+    assert_eq!(interval, 300);
+    // Silent after Welcome: closed after (1 + 1) x 300 ms, not after 60 s.
+    let t = std::time::Instant::now();
+    expect_closed(&mut c1).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "closed after {:?}", t.elapsed());
+
+    for (interval, missed) in [(Duration::from_millis(50), 3), (Duration::from_secs(7200), 3), (Duration::from_secs(1), 0)] {
+        let e = gw.service.set_settings(interval, missed, None).unwrap_err().to_string();
+        assert!(!e.contains('\n') && e.contains(": use"), "{e}");
+    }
+    assert_eq!(gw.service.report().interval_secs, 0.3, "a refused change changes nothing");
+}
+
+fn section(url: String, d: &Path) -> CentralSection {
+    CentralSection {
+        url,
+        ca: d.join("central/ca.pem"),
+        state_dir: d.join("gw"),
+        enrollment_token: None,
+        name: "t".into(),
+        before_first_sync: BeforeFirstSync::FailClosed,
+        wait_s: 1,
+        max_indicators: 1000,
+        max_update_bytes: 1 << 20,
+        spool_max_events: 100,
+        upload_interval_ms: 100,
+        health_interval_s: 60,
+        feeds: vec![],
+    }
+}
+
+fn client(cfg: CentralSection, service: Arc<HeartbeatService>) -> (CentralClient, Arc<Mutex<CentralStatus>>) {
+    let start = load_start(&cfg).unwrap();
+    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
+    let status = Arc::new(Mutex::new(CentralStatus::default()));
+    let c = CentralClient::start(CentralSetup { config: cfg, start, certs: None, status: status.clone() }, state, Box::new(|| serde_json::json!({})))
+        .unwrap();
+    c.attach_heartbeat(service);
+    (c, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_settings_from_central_apply_live_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    server::init(&d.join("central"), "localhost").unwrap();
+    let central = Central::open(&d.join("central"), 100).unwrap();
+    let cert = std::fs::read(d.join("central/server.pem")).unwrap();
+    let key = std::fs::read(d.join("central/server.key")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), central.handler()));
+    let admin = http::HttpsClient::new(&url, &std::fs::read(d.join("central/ca.pem")).unwrap()).unwrap();
+    let token = std::fs::read_to_string(d.join("central/admin.token")).unwrap().trim().to_owned();
+    let call = |method: hyper::Method, path: &'static str, body: String| {
+        let (admin, token) = (admin.clone(), token.clone());
+        async move {
+            admin.call(method, path, Some(&token), Some(("application/json", body.into_bytes())), Duration::from_secs(10), 1 << 20).await
+        }
+    };
+
+    let Gw { service, pki, dir: _pki_dir, .. } = start(3, |_| {}).await;
+    let service = Arc::new(service);
+    let (_, enroll) = call(hyper::Method::POST, "/v1/admin/tokens", String::new()).await.unwrap();
+    let mut cfg = section(url, d);
+    cfg.enrollment_token = Some(serde_json::from_slice::<serde_json::Value>(&enroll).unwrap()["token"].as_str().unwrap().to_owned());
+    let (c, status) = client(cfg.clone(), service.clone());
+    wait_until(Duration::from_secs(10), "connected", || status.lock().unwrap().state == "connected").await;
+
+    // Bad settings are refused at Central with a one-line error.
+    let e = call(hyper::Method::PUT, "/v1/admin/heartbeat", r#"{"interval_ms": 5, "missed_limit": 3}"#.into()).await.unwrap_err().to_string();
+    assert!(e.contains("interval_ms 5") && !e.contains('\n'), "{e}");
+
+    call(hyper::Method::PUT, "/v1/admin/heartbeat", r#"{"interval_ms": 400, "missed_limit": 2, "missing_zones": ["LAN", "DMZ"]}"#.into())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "interval from Central", || service.report().interval_secs == 0.4).await;
+    let (_s, interval) = welcome(&service, &pki, 0).await;
+    assert_eq!(interval, 400);
+    c.finish();
+    let persisted = load_state(&d.join("gw"), 1000).unwrap().unwrap().heartbeat.unwrap();
+    assert_eq!((persisted.interval_ms, persisted.missed_limit), (400, 2));
+    assert_eq!(persisted.missing_zones, ["LAN", "DMZ"]);
+
+    // A restart applies the persisted settings before Central answers.
+    service.set_settings(Duration::from_secs(15), 3, None).unwrap();
+    let mut down = cfg;
+    down.url = "https://127.0.0.1:9".into();
+    let (c2, _) = client(down, service.clone());
+    assert_eq!(service.report().interval_secs, 0.4);
+    let (_s, interval) = welcome(&service, &pki, 1).await;
+    assert_eq!(interval, 400);
+    c2.finish();
+}
