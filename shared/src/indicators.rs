@@ -718,9 +718,40 @@ struct IndicatorIndex {
     audit_arena: String,
     feed_names: Vec<Box<str>>,
     v4: Lpm<u32>,
+    /// One bit per IPv4 /24: set when some IPv4 indicator covers any of it
+    /// (2 MiB; empty when there are no IPv4 indicators). A clear bit answers
+    /// "no match" without probing the prefix maps, one hash probe per prefix
+    /// length each. Traffic's own side of a flow (a LAN's few /24s) keeps its
+    /// words in cache. Measured with perf/pipeline_stages.rs.
+    v4_slash24: Box<[u64]>,
     v6: Lpm<u128>,
     domains: NameTable,
     urls: UrlTable,
+}
+
+impl IndicatorIndex {
+    fn fill_v4_slash24(&mut self) {
+        if self.v4.lens.is_empty() {
+            return;
+        }
+        let mut bits = vec![0u64; (1 << 24) / 64];
+        for (&len, map) in self.v4.lens.iter().zip(&self.v4.maps) {
+            for &net in map.keys() {
+                let first = (net >> 8) as usize;
+                let count = if len >= 24 { 1 } else { 1usize << (24 - len) };
+                for b in first..first + count {
+                    bits[b / 64] |= 1 << (b % 64);
+                }
+            }
+        }
+        self.v4_slash24 = bits.into();
+    }
+
+    /// Whether some IPv4 indicator may hold `a` (false: none does).
+    #[inline]
+    fn v4_may_hold(&self, a: u32) -> bool {
+        self.v4_slash24.get((a >> 14) as usize).is_some_and(|w| w >> ((a >> 8) & 63) & 1 != 0)
+    }
 }
 
 /// Compiled threat exclusions.
@@ -926,6 +957,7 @@ impl IndicatorSetBuilder {
         index.records.shrink_to_fit();
         index.audit_arena.shrink_to_fit();
         index.v4.shrink();
+        index.fill_v4_slash24();
         index.v6.shrink();
         index.domains.shrink();
         IndicatorSet::assemble(Arc::new(index), Arc::new(ExclusionSet::default()), settings)
@@ -1084,6 +1116,7 @@ impl IndicatorSet {
     #[inline]
     pub fn match_ip(&self, ip: IpAddr) -> IndicatorMatch<'_> {
         let rec = match ip {
+            IpAddr::V4(a) if !self.index.v4_may_hold(u32::from(a)) => return IndicatorMatch::NoMatch,
             IpAddr::V4(a) => self.index.v4.matches(u32::from(a)).find_map(|h| self.enabled(h)),
             IpAddr::V6(a) => self.index.v6.matches(u128::from(a)).find_map(|h| self.enabled(h)),
         };
