@@ -739,8 +739,13 @@ impl IndicatorIndex {
             for &net in map.keys() {
                 let first = (net >> 8) as usize;
                 let count = if len >= 24 { 1 } else { 1usize << (24 - len) };
-                for b in first..first + count {
-                    bits[b / 64] |= 1 << (b % 64);
+                if count >= 64 {
+                    // A /18 or wider: whole words (`first` is aligned to `count`).
+                    bits[first / 64..(first + count) / 64].fill(u64::MAX);
+                } else {
+                    for b in first..first + count {
+                        bits[b / 64] |= 1 << (b % 64);
+                    }
                 }
             }
         }
