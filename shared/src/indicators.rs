@@ -21,10 +21,14 @@
 //! * IP indicators: one FxHash map per prefix length present (masked network
 //!   -> record), probed longest prefix first: a longest-prefix match in as
 //!   many probes as there are distinct prefix lengths (typically a handful).
+//!   For IPv4, a bitmap of the /24s any indicator touches (2 MiB) answers
+//!   most misses before any probe.
 //! * Domains: one [`hashbrown::HashTable`] of 12-byte entries pointing into a
-//!   single byte arena of lower-cased names; a lookup hashes each label
-//!   suffix of the query case-insensitively (no copy, no allocation) and
-//!   compares ignoring ASCII case.
+//!   single byte arena of lower-cased names, plus a marker entry for each
+//!   parent domain of a listed name (pointing into the same bytes); a lookup
+//!   hashes label suffixes of the query case-insensitively (no copy, no
+//!   allocation) from the top-level label down, compares ignoring ASCII case,
+//!   and stops at the first suffix with nothing under it.
 //! * URLs: a host table like the domain one, each host owning a run of paths
 //!   sorted longest first, so the first prefix that matches is the longest.
 //!
