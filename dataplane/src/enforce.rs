@@ -283,10 +283,11 @@ impl Enforcer {
         if hit.is_none() {
             match pf.app {
                 Some(AppHint::DnsQuery(q)) => {
-                    let mut name = std::mem::take(&mut self.dns_name);
-                    let text = q.write_name(&mut name).as_bytes();
+                    // Decoded into the enforcer's own buffer, then read back
+                    // through a shared borrow (no 256-byte move per query).
+                    q.write_name(&mut self.dns_name);
+                    let text = self.dns_name.as_bytes();
                     hit = self.check(&facts, ThreatModule::Dns, indicators.match_domain(text), text, &mut decision, sink);
-                    self.dns_name = name;
                 }
                 Some(AppHint::TlsSni(sni)) => {
                     hit = self.check(&facts, ThreatModule::TlsSni, indicators.match_domain(sni), sni, &mut decision, sink);

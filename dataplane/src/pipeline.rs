@@ -122,9 +122,12 @@ impl Pipeline {
 #[inline(never)]
 fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
     let config_tap = ctx.enforcer.config().tap_mode;
-    let pf = match parse_frame(frame) {
+    // Borrowed from the `Result` in place: moving the ~190-byte frame out of
+    // it was a `memcpy` call per packet (measured, perf annotate).
+    let parsed = parse_frame(frame);
+    let pf = match &parsed {
         Ok(pf) => pf,
-        Err(m) => {
+        &Err(m) => {
             let port = ctx.counters.port(ingress_slot);
             bump(&port.malformed[m.index()], 1);
             if m == Malformed::EthernetTruncated {
@@ -141,7 +144,7 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
     let state = view.refresh();
     let port = ports[ingress_slot];
     let now = *now;
-    let decision = enforcer.decide(&pf, ingress_slot as u16, port, &state, &mut |e| gate.offer(e, now, events));
+    let decision = enforcer.decide(pf, ingress_slot as u16, port, &state, &mut |e| gate.offer(e, now, events));
     match decision.verdict {
         Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
         v => v,

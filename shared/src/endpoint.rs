@@ -8,11 +8,22 @@
 //!
 //! # Concurrency design
 //!
-//! * Each endpoint's health lives in its own [`AtomicU8`] inside a
-//!   reference-counted slot. Every index generation that knows the endpoint
-//!   points at the *same* slot, so a health change
-//!   ([`EndpointTableWriter::set_health`]) is one atomic store, seen by the
-//!   next lookup of every worker, even one still holding an old snapshot.
+//! * Each endpoint's health is one [`AtomicU8`], its *slot*, in an array of
+//!   such bytes (4096 to a block, the blocks reference-counted) that every
+//!   index generation shares. Every generation that knows the endpoint names
+//!   the *same* slot, so a health change ([`EndpointTableWriter::set_health`])
+//!   is one atomic store, seen by the next lookup of every worker, even one
+//!   still holding an old snapshot. The bytes are contiguous (100 KB for
+//!   100,000 endpoints, so they stay in cache) rather than one heap block per
+//!   endpoint: measured (perf/pipeline_stages.rs), following a per-endpoint
+//!   pointer was a cache miss on most lookups.
+//! * A slot number is never given to another endpoint within one array: a
+//!   reader on an older generation could otherwise read the newcomer's health
+//!   through a removed endpoint's MAC. Removed endpoints' bytes are reclaimed
+//!   by starting a fresh array, which [`EndpointTableWriter::replace_all`]
+//!   does, and the writer does on its own once dead slots outnumber live ones
+//!   (and exceed [`COMPACT_MIN_DEAD`]): that publication is then a bulk swap
+//!   like `replace_all`'s.
 //! * Which MACs and IPs belong to which endpoint is an immutable index
 //!   ([`EndpointSnapshot`]: hash maps MAC -> slot, IPv4 -> slot, IPv6 -> slot,
 //!   built with FxHash) that the writer builds aside and publishes whole with
@@ -233,29 +244,46 @@ pub enum EndpointError {
     UnknownEndpoint(EndpointId),
 }
 
-/// Where one endpoint's health lives; shared by every index generation.
-#[derive(Debug)]
-struct Slot {
-    id: EndpointId,
-    health: AtomicU8,
-}
+/// Health bytes per block of the slot array.
+const SLOTS_PER_BLOCK: usize = 4096;
 
-impl Slot {
-    fn new(id: EndpointId, health: EndpointHealth) -> Arc<Self> {
-        Arc::new(Slot { id, health: AtomicU8::new(health.as_u8()) })
-    }
+/// Dead slots the writer tolerates before it compacts (see the module docs).
+pub const COMPACT_MIN_DEAD: u32 = if cfg!(test) { 4 } else { 65_536 };
 
-    #[inline]
-    fn health(&self) -> EndpointHealth {
-        // Relaxed is enough: the byte is a value on its own, nothing else is
-        // published through it, and a single location is always coherent.
-        EndpointHealth::from_u8(self.health.load(Ordering::Relaxed))
+/// A block of health bytes; shared by every index generation.
+struct HealthBlock([AtomicU8; SLOTS_PER_BLOCK]);
+
+impl HealthBlock {
+    fn new() -> Arc<Self> {
+        Arc::new(HealthBlock([const { AtomicU8::new(0) }; SLOTS_PER_BLOCK]))
     }
 }
 
-#[derive(Debug, Clone)]
+impl fmt::Debug for HealthBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HealthBlock")
+    }
+}
+
+/// An endpoint's health slot: its number in the slot array.
+type Slot = u32;
+
+#[inline]
+fn slot_byte(blocks: &[Arc<HealthBlock>], slot: Slot) -> &AtomicU8 {
+    let slot = slot as usize;
+    &blocks[slot / SLOTS_PER_BLOCK].0[slot % SLOTS_PER_BLOCK]
+}
+
+#[inline]
+fn load_health(blocks: &[Arc<HealthBlock>], slot: Slot) -> EndpointHealth {
+    // Relaxed is enough: the byte is a value on its own, nothing else is
+    // published through it, and a single location is always coherent.
+    EndpointHealth::from_u8(slot_byte(blocks, slot).load(Ordering::Relaxed))
+}
+
+#[derive(Debug, Clone, Copy)]
 struct IpEntry {
-    slot: Arc<Slot>,
+    slot: Slot,
     mac: MacAddr,
 }
 
@@ -279,7 +307,11 @@ pub struct IpBinding {
 pub struct EndpointSnapshot {
     generation: u64,
     endpoints: usize,
-    by_mac: FxMap<MacAddr, Arc<Slot>>,
+    /// The slot array's blocks (shared with the writer and other generations).
+    health: Box<[Arc<HealthBlock>]>,
+    /// Endpoint id by slot number (this generation's).
+    ids: Box<[EndpointId]>,
+    by_mac: FxMap<MacAddr, Slot>,
     by_v4: FxMap<u32, IpEntry>,
     by_v6: FxMap<u128, IpEntry>,
 }
@@ -289,6 +321,8 @@ impl EndpointSnapshot {
         EndpointSnapshot {
             generation: 0,
             endpoints: 0,
+            health: Box::new([]),
+            ids: Box::new([]),
             by_mac: FxMap::default(),
             by_v4: FxMap::default(),
             by_v6: FxMap::default(),
@@ -319,7 +353,7 @@ impl EndpointSnapshot {
     #[inline]
     pub fn health_by_mac(&self, mac: &MacAddr) -> EndpointHealth {
         match self.by_mac.get(mac) {
-            Some(slot) => slot.health(),
+            Some(&slot) => load_health(&self.health, slot),
             None => EndpointHealth::Unknown,
         }
     }
@@ -328,7 +362,7 @@ impl EndpointSnapshot {
     #[inline]
     pub fn health_by_ip(&self, ip: IpAddr) -> EndpointHealth {
         match self.ip_entry(ip) {
-            Some(e) => e.slot.health(),
+            Some(e) => load_health(&self.health, e.slot),
             None => EndpointHealth::Unknown,
         }
     }
@@ -336,13 +370,17 @@ impl EndpointSnapshot {
     /// The endpoint owning `mac`.
     #[inline]
     pub fn endpoint_by_mac(&self, mac: &MacAddr) -> Option<EndpointId> {
-        self.by_mac.get(mac).map(|s| s.id)
+        self.by_mac.get(mac).map(|&s| self.ids[s as usize])
     }
 
     /// The endpoint, interface and health bound to `ip`.
     #[inline]
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<IpBinding> {
-        self.ip_entry(ip).map(|e| IpBinding { endpoint: e.slot.id, mac: e.mac, health: e.slot.health() })
+        self.ip_entry(ip).map(|e| IpBinding {
+            endpoint: self.ids[e.slot as usize],
+            mac: e.mac,
+            health: load_health(&self.health, e.slot),
+        })
     }
 
     #[inline]
@@ -397,7 +435,7 @@ impl fmt::Debug for EndpointReader {
 
 #[derive(Debug)]
 struct Record {
-    slot: Arc<Slot>,
+    slot: Slot,
     interfaces: Vec<EndpointInterface>,
 }
 
@@ -414,6 +452,10 @@ pub struct EndpointTableWriter {
     mac_owner: FxMap<MacAddr, EndpointId>,
     ip_owner: FxMap<IpAddr, (EndpointId, MacAddr)>,
     generation: u64,
+    /// The slot array: its blocks, the next unused slot, slots of removed endpoints.
+    health: Vec<Arc<HealthBlock>>,
+    next_slot: Slot,
+    dead_slots: u32,
 }
 
 impl Default for EndpointTableWriter {
@@ -431,6 +473,9 @@ impl EndpointTableWriter {
             mac_owner: FxMap::default(),
             ip_owner: FxMap::default(),
             generation: 0,
+            health: Vec::new(),
+            next_slot: 0,
+            dead_slots: 0,
         }
     }
 
@@ -459,7 +504,7 @@ impl EndpointTableWriter {
         self.records.get(&id).map(|r| Endpoint {
             id,
             interfaces: r.interfaces.clone(),
-            health: r.slot.health(),
+            health: load_health(&self.health, r.slot),
         })
     }
 
@@ -467,7 +512,7 @@ impl EndpointTableWriter {
     /// next lookup without a new index.
     pub fn set_health(&mut self, id: EndpointId, health: EndpointHealth) -> Result<(), EndpointError> {
         let record = self.records.get(&id).ok_or(EndpointError::UnknownEndpoint(id))?;
-        record.slot.health.store(health.as_u8(), Ordering::Relaxed);
+        slot_byte(&self.health, record.slot).store(health.as_u8(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -491,6 +536,7 @@ impl EndpointTableWriter {
     pub fn remove(&mut self, id: EndpointId) -> Result<(), EndpointError> {
         let record = self.records.remove(&id).ok_or(EndpointError::UnknownEndpoint(id))?;
         self.release(id, &record.interfaces);
+        self.dead_slots += 1;
         self.publish();
         Ok(())
     }
@@ -502,6 +548,7 @@ impl EndpointTableWriter {
         self.records.clear();
         self.mac_owner.clear();
         self.ip_owner.clear();
+        self.fresh_slots();
         for e in endpoints {
             self.apply_upsert(e);
         }
@@ -528,11 +575,11 @@ impl EndpointTableWriter {
         let slot = match self.records.remove(&id) {
             Some(old) => {
                 self.release(id, &old.interfaces);
-                old.slot.health.store(health.as_u8(), Ordering::Relaxed);
                 old.slot
             }
-            None => Slot::new(id, health),
+            None => self.new_slot(),
         };
+        slot_byte(&self.health, slot).store(health.as_u8(), Ordering::Relaxed);
         for iface in &merged {
             if let Some(prev) = self.mac_owner.insert(iface.mac, id) {
                 if prev != id {
@@ -584,9 +631,52 @@ impl EndpointTableWriter {
         }
     }
 
+    /// A slot array with no slot given out (old generations keep theirs).
+    fn fresh_slots(&mut self) {
+        self.health = Vec::new();
+        self.next_slot = 0;
+        self.dead_slots = 0;
+    }
+
+    /// The next unused slot (its byte is set by the caller).
+    fn new_slot(&mut self) -> Slot {
+        let slot = self.next_slot;
+        if slot as usize == self.health.len() * SLOTS_PER_BLOCK {
+            self.health.push(HealthBlock::new());
+        }
+        // 4 billion endpoints would exhaust far more memory first.
+        self.next_slot = slot.checked_add(1).expect("fewer than 4 billion endpoint slots");
+        slot
+    }
+
+    /// Moves every endpoint to a fresh slot array, health values carried over.
+    fn compact(&mut self) {
+        let old = std::mem::take(&mut self.health);
+        self.fresh_slots();
+        let ids: Vec<EndpointId> = self.records.keys().copied().collect();
+        for id in ids {
+            let health = load_health(&old, self.records[&id].slot);
+            let slot = self.new_slot();
+            slot_byte(&self.health, slot).store(health.as_u8(), Ordering::Relaxed);
+            self.records.get_mut(&id).expect("id from records").slot = slot;
+        }
+    }
+
+    /// Slots given out in the current array, and how many of them are dead.
+    pub fn slot_usage(&self) -> (u32, u32) {
+        (self.next_slot, self.dead_slots)
+    }
+
     /// Builds a new index from the authoritative records and swaps it in.
     fn publish(&mut self) {
-        let slot_of = |id: &EndpointId| Arc::clone(&self.records[id].slot);
+        if self.dead_slots >= COMPACT_MIN_DEAD && self.dead_slots as usize > self.records.len() {
+            self.compact();
+        }
+        let mut ids = vec![EndpointId(0); self.next_slot as usize];
+        for (id, r) in &self.records {
+            ids[r.slot as usize] = *id;
+        }
+        let slot_of = |id: &EndpointId| self.records[id].slot;
         let mut by_mac = FxMap::with_capacity_and_hasher(self.mac_owner.len(), FxBuildHasher);
         for (mac, id) in &self.mac_owner {
             by_mac.insert(*mac, slot_of(id));
@@ -608,6 +698,8 @@ impl EndpointTableWriter {
         self.shared.store(Arc::new(EndpointSnapshot {
             generation: self.generation,
             endpoints: self.records.len(),
+            health: self.health.clone().into(),
+            ids: ids.into(),
             by_mac,
             by_v4,
             by_v6,
@@ -772,6 +864,57 @@ mod tests {
         assert_eq!(e.interfaces[1].ips, vec![ip("10.0.0.1")]);
         let s = w.table().load();
         assert_eq!(s.endpoint_by_ip(ip("10.0.0.1")).unwrap().mac, mac(2));
+    }
+
+    #[test]
+    fn a_removed_endpoints_slot_is_not_given_to_the_next_one() {
+        let mut w = EndpointTableWriter::new();
+        w.upsert(ep(1, &[(1, &["10.0.0.1"])], EndpointHealth::Green));
+        let held = w.table().load();
+        w.remove(EndpointId(1)).unwrap();
+        w.upsert(ep(2, &[(2, &["10.0.0.2"])], EndpointHealth::Red));
+        // The old generation still maps MAC 1 to endpoint 1's slot: it must not read endpoint 2's health.
+        assert_eq!(held.health_by_mac(&mac(1)), EndpointHealth::Green);
+        assert_eq!(held.endpoint_by_ip(ip("10.0.0.1")).unwrap().endpoint, EndpointId(1));
+        assert_eq!(w.slot_usage(), (2, 1));
+    }
+
+    #[test]
+    fn dead_slots_are_reclaimed_by_a_fresh_array() {
+        let mut w = EndpointTableWriter::new();
+        let table = w.table();
+        let mut r = table.reader();
+        w.upsert_many((0..10).map(|i| ep(i, &[(i, &[])], if i % 2 == 0 { EndpointHealth::Green } else { EndpointHealth::Yellow })));
+        let held = table.load();
+        for i in 0..5 {
+            w.remove(EndpointId(i)).unwrap();
+        }
+        assert_eq!(w.slot_usage(), (10, 5), "5 dead of 10: not more than the live ones yet");
+        w.remove(EndpointId(5)).unwrap();
+        assert_eq!(w.slot_usage(), (4, 0), "6 dead > 4 live: compacted");
+        let s = r.snapshot();
+        for i in 0..10 {
+            let want = match i {
+                0..=5 => EndpointHealth::Unknown,
+                _ if i % 2 == 0 => EndpointHealth::Green,
+                _ => EndpointHealth::Yellow,
+            };
+            assert_eq!(s.health_by_mac(&mac(i)), want, "{i}");
+            assert_eq!(s.endpoint_by_mac(&mac(i)), (i > 5).then_some(EndpointId(i)));
+        }
+        w.set_health(EndpointId(7), EndpointHealth::Red).unwrap();
+        assert_eq!(r.snapshot().health_by_mac(&mac(7)), EndpointHealth::Red);
+        assert_eq!(w.get(EndpointId(7)).unwrap().health, EndpointHealth::Red);
+        // A generation from before the compaction keeps its own array.
+        assert_eq!(held.health_by_mac(&mac(7)), EndpointHealth::Yellow);
+        assert_eq!(held.health_by_mac(&mac(0)), EndpointHealth::Green);
+        // Slots keep counting past a block.
+        w.upsert_many((100..100 + 2 * SLOTS_PER_BLOCK as u64).map(|i| ep(i, &[(i, &[])], EndpointHealth::Red)));
+        w.set_health(EndpointId(100 + SLOTS_PER_BLOCK as u64 + 3), EndpointHealth::Green).unwrap();
+        let s = r.snapshot();
+        assert_eq!(s.health_by_mac(&mac(100 + SLOTS_PER_BLOCK as u64 + 3)), EndpointHealth::Green);
+        assert_eq!(s.health_by_mac(&mac(100 + 2 * SLOTS_PER_BLOCK as u64 - 1)), EndpointHealth::Red);
+        assert_eq!(s.health_by_mac(&mac(8)), EndpointHealth::Green);
     }
 
     /// Two whole generations alternate: all endpoints Green in one, all Red

@@ -87,15 +87,25 @@ impl<'a> DnsQuery<'a> {
     /// Writes the lower-cased text form of the name into `out`, replacing what
     /// it held, and returns it as text.
     pub fn write_name<'n>(&self, out: &'n mut DnsName) -> &'n str {
-        out.len = 0;
-        for label in self.labels() {
-            if out.len != 0 {
-                out.push(b'.');
-            }
-            for &b in label {
-                out.push(b.to_ascii_lowercase());
-            }
+        // The text form is the wire form without its first length byte and
+        // its final zero, each other length byte turned into a dot (labels
+        // hold no dots: `read_qname` checked). So: one copy, then one hop per
+        // label and one vectorised lower-casing pass, instead of a push per
+        // byte (measured: the per-byte length update was a store-to-load
+        // chain costing ~5 cycles a byte).
+        let text = self.qname.get(1..self.qname.len().saturating_sub(1)).unwrap_or(&[]);
+        let n = text.len().min(out.buf.len());
+        let dst = out.buf.get_mut(..n).unwrap_or(&mut []);
+        dst.copy_from_slice(text.get(..n).unwrap_or(&[]));
+        let mut i = self.qname.first().map_or(usize::MAX, |&l| usize::from(l));
+        while let Some(b) = dst.get_mut(i) {
+            let next = i + 1 + usize::from(*b);
+            *b = b'.';
+            i = next;
         }
+        dst.make_ascii_lowercase();
+        // n <= 253 for a validated name (MAX_WIRE_NAME_LEN - 2).
+        out.len = n as u8;
         out.as_str()
     }
 }
@@ -156,15 +166,6 @@ impl DnsName {
             Some(0) => name == domain,
             Some(cut) => name.get(cut..) == Some(domain) && name.get(cut - 1) == Some(&b'.'),
             None => false,
-        }
-    }
-
-    fn push(&mut self, b: u8) {
-        // Cannot overflow for a validated name; the check keeps that a
-        // property of this type rather than of its caller.
-        if let Some(slot) = self.buf.get_mut(usize::from(self.len)) {
-            *slot = b;
-            self.len += 1;
         }
     }
 }
