@@ -152,7 +152,9 @@ for size in "${size_list[@]}"; do
         "$res"/*-"$size".hlog >/dev/null || echo "bench: no latency trials to plot for $size (no rate passed)" >&2
 done
 
-table=$("$bin/hbgw-gen" report --baseline testpmd "$res"/*.json)
+results=()
+for size in "${size_list[@]}"; do for dut in "${dut_list[@]}"; do results+=("$res/$dut-$size.json"); done; done
+table=$("$bin/hbgw-gen" report --baseline testpmd "${results[@]}")
 echo
 echo "$table"
 echo "results, histograms and plots: $res"
@@ -163,7 +165,9 @@ if [ "$record" = 1 ]; then
         echo
         echo "Command: \`perf/bench.sh ${args[*]}\` (release build; $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); DPDK $(pkg-config --modversion libdpdk))."
         echo "DUT on -l 0,1 (one forwarding core, lcore 1); hbgw-gen on lcore 0, which it shares with the DUT's main thread"
-        echo "(and hbgw's control plane). Throughput: highest rate with loss <= $loss, binary search, ${trial_secs} s trials;"
+        echo "(and hbgw's control plane). Throughput: highest rate with loss <= $loss, binary search, ${trial_secs} s trials"
+        echo "(a rate fails when two trials in a row at it lose frames: one descheduling of a busy-polling process on this"
+        echo "shared VM loses frames at any rate);"
         echo "latency: ${latency_secs} s at 10/50/90% of it, end to end (generator TSC stamp to its receipt, through both memif links)."
         echo "cycles/pkt = TSC Hz / throughput (one DUT core, always polling). hbgw-policy: perf/make-state.py's state and the app mix"
         echo "(frames the policy drops on purpose are sent, and not counted as lost). Histograms and plots: \`$res/\`."
