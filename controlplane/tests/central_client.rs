@@ -3,48 +3,17 @@
 //! force, the refusal is counted and shown, and a good Central is followed
 //! again afterwards.
 
+mod central_support;
+use central_support::*;
 use hbgw_controlplane::central::client::{load_start, save_state, CentralClient, CentralSetup};
 use hbgw_controlplane::central::http::{self, error, json_bytes};
 use hbgw_controlplane::central::protocol::{Change, JournalEntry, SyncAnswer, SyncedState, WireIndicator};
-use hbgw_controlplane::central::server::{self, Central};
-use hbgw_shared::config::{BeforeFirstSync, CentralSection};
+use hbgw_controlplane::central::server;
 use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::CentralStatus;
 use hyper::StatusCode;
-use std::net::IpAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn section(url: String, dir: &Path, ca: &Path) -> CentralSection {
-    CentralSection {
-        url,
-        ca: ca.to_owned(),
-        state_dir: dir.join("gw"),
-        enrollment_token: None,
-        name: "t".into(),
-        before_first_sync: BeforeFirstSync::FailClosed,
-        wait_s: 1,
-        max_indicators: 1000,
-        max_update_bytes: 1 << 20,
-        spool_max_events: 100,
-        upload_interval_ms: 100,
-        health_interval_s: 60,
-        feeds: vec![],
-    }
-}
-
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(15), "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_central_keeps_the_last_known_good_state() {
@@ -116,25 +85,25 @@ async fn garbage_from_central_keeps_the_last_known_good_state() {
     .unwrap();
     let st = || status.lock().unwrap().clone();
 
-    wait_until("garbage refused", || st().updates_rejected >= 1).await;
+    wait_until("garbage refused", Duration::from_secs(15), || st().updates_rejected >= 1).await;
     assert!(st().last_error.unwrap().contains("does not parse"), "{:?}", st());
     assert!(state.indicators().match_ip(ip("203.0.113.9")).drops(), "last-known-good still enforced");
     assert_eq!(st().revision, 7);
 
     *mode.lock().unwrap() = 1;
     let before = st().updates_rejected;
-    wait_until("bad indicator refused", || st().updates_rejected > before && st().last_error.is_some_and(|e| e.contains("not..valid"))).await;
+    wait_until("bad indicator refused", Duration::from_secs(15), || st().updates_rejected > before && st().last_error.is_some_and(|e| e.contains("not..valid"))).await;
     assert_eq!(st().revision, 7);
     assert!(state.indicators().match_ip(ip("203.0.113.9")).drops());
 
     *mode.lock().unwrap() = 2;
-    wait_until("good delta applied", || st().revision == 8).await;
+    wait_until("good delta applied", Duration::from_secs(15), || st().revision == 8).await;
     assert!(state.indicators().match_ip(ip("198.51.100.4")).drops());
     assert!(state.indicators().match_ip(ip("203.0.113.9")).drops());
     assert_eq!(st().last_error, None);
 
     *mode.lock().unwrap() = 3;
-    wait_until("unreachable shown", || st().state == "disconnected").await;
+    wait_until("unreachable shown", Duration::from_secs(15), || st().state == "disconnected").await;
     assert!(state.indicators().match_ip(ip("198.51.100.4")).drops());
     client.finish();
     // What was applied is what a restart loads.
@@ -147,29 +116,11 @@ async fn garbage_from_central_keeps_the_last_known_good_state() {
 async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    server::init(&d.join("central"), "localhost").unwrap();
-    let central = Central::open(&d.join("central"), 2).unwrap();
-    let cert = std::fs::read(d.join("central/server.pem")).unwrap();
-    let key = std::fs::read(d.join("central/server.key")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), central.handler()));
-    let admin = http::HttpsClient::new(&url, &std::fs::read(d.join("central/ca.pem")).unwrap()).unwrap();
-    let token = std::fs::read_to_string(d.join("central/admin.token")).unwrap();
-    let call = |method: hyper::Method, path: &'static str, body: &'static str| {
-        let admin = admin.clone();
-        let token = token.trim().to_owned();
-        async move {
-            let (_, b) = admin
-                .call(method, path, Some(&token), Some(("application/json", body.as_bytes().to_vec())), Duration::from_secs(10), 1 << 20)
-                .await
-                .unwrap();
-            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
-        }
-    };
+    let central = TestCentral::start(d, 2).await;
+    let call = |method, path, body| central.call(method, path, body);
     let enroll = call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
 
-    let mut cfg = section(url, d, &d.join("central/ca.pem"));
+    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
     cfg.enrollment_token = Some(enroll);
     let start = load_start(&cfg).unwrap();
     let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
@@ -181,11 +132,11 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
     )
     .unwrap();
     let st = || status.lock().unwrap().clone();
-    wait_until("enrolled and connected", || st().state == "connected").await;
+    wait_until("enrolled and connected", Duration::from_secs(15), || st().state == "connected").await;
     assert!(d.join("gw/identity.json").exists());
 
     call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.1","audit_id":"X1"}]}"#).await;
-    wait_until("indicator 1", || state.indicators().match_ip(ip("203.0.113.1")).drops()).await;
+    wait_until("indicator 1", Duration::from_secs(15), || state.indicators().match_ip(ip("203.0.113.1")).drops()).await;
     // Journal keeps 2 revisions: a gateway that missed more gets a snapshot.
     for body in [
         r#"{"indicators":[{"value":"203.0.113.2","audit_id":"X2"}]}"#,
@@ -195,7 +146,7 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
         call(hyper::Method::POST, "/v1/admin/indicators", body).await;
     }
     call(hyper::Method::DELETE, "/v1/admin/indicators", r#"{"audit_ids":["X1"]}"#).await;
-    wait_until("revision 5", || st().revision == 5).await;
+    wait_until("revision 5", Duration::from_secs(15), || st().revision == 5).await;
     let set = state.indicators();
     assert!(!set.match_ip(ip("203.0.113.1")).drops());
     for a in ["203.0.113.2", "203.0.113.3", "203.0.113.4"] {
@@ -205,42 +156,11 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
     client.finish();
 }
 
-/// An in-process Central over HTTPS on loopback, and an admin caller.
-struct TestCentral {
-    url: String,
-    admin: http::HttpsClient,
-    token: String,
-}
-
-impl TestCentral {
-    async fn start(d: &Path) -> Self {
-        server::init(&d.join("central"), "localhost").unwrap();
-        let central = Central::open(&d.join("central"), 100).unwrap();
-        let cert = std::fs::read(d.join("central/server.pem")).unwrap();
-        let key = std::fs::read(d.join("central/server.key")).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://{}", listener.local_addr().unwrap());
-        tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), central.handler()));
-        let admin = http::HttpsClient::new(&url, &std::fs::read(d.join("central/ca.pem")).unwrap()).unwrap();
-        let token = std::fs::read_to_string(d.join("central/admin.token")).unwrap().trim().to_owned();
-        TestCentral { url, admin, token }
-    }
-
-    async fn call(&self, method: hyper::Method, path: &str, body: &str) -> serde_json::Value {
-        let (_, b) = self
-            .admin
-            .call(method, path, Some(&self.token), Some(("application/json", body.as_bytes().to_vec())), Duration::from_secs(10), 1 << 20)
-            .await
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&b).unwrap_or(serde_json::Value::Null)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_update_is_reported_to_central_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let central = TestCentral::start(d).await;
+    let central = TestCentral::start(d, 100).await;
     let enroll = central.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
     let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
     cfg.enrollment_token = Some(enroll);
@@ -256,17 +176,17 @@ async fn a_refused_update_is_reported_to_central_at_once() {
     )
     .unwrap();
     let st = || status.lock().unwrap().clone();
-    wait_until("connected", || st().state == "connected").await;
+    wait_until("connected", Duration::from_secs(15), || st().state == "connected").await;
 
     central.call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.1","audit_id":"K1"}]}"#).await;
-    wait_until("first indicator", || state.indicators().match_ip(ip("203.0.113.1")).drops()).await;
+    wait_until("first indicator", Duration::from_secs(15), || state.indicators().match_ip(ip("203.0.113.1")).drops()).await;
     assert_eq!(central.call(hyper::Method::GET, "/v1/admin/health", "").await, serde_json::json!([]), "nothing reported yet");
 
     // Two more would hold 3, over the gateway's limit of 2: refused whole.
     central
         .call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.2","audit_id":"K2"},{"value":"203.0.113.3","audit_id":"K3"}]}"#)
         .await;
-    wait_until("refused", || st().updates_rejected >= 1).await;
+    wait_until("refused", Duration::from_secs(15), || st().updates_rejected >= 1).await;
     let t = Instant::now();
     let report = loop {
         let h = central.call(hyper::Method::GET, "/v1/admin/health", "").await;

@@ -2,6 +2,8 @@
 //! server in this test (loopback), a Central that answers after the client
 //! gave up, and the fail-open counter.
 
+mod central_support;
+use central_support::{ip, section, wait_until};
 use hbgw_controlplane::central::client::{load_start, CentralClient, CentralSetup};
 use hbgw_controlplane::central::http::{self, error, json_bytes};
 use hbgw_controlplane::central::protocol::{Snapshot, SyncAnswer};
@@ -11,41 +13,10 @@ use hbgw_shared::indicators::IndicatorMatch;
 use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::{CentralStatus, Counts, PortReport, StatsReport};
 use hyper::StatusCode;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn section(url: String, dir: &Path) -> CentralSection {
-    CentralSection {
-        url,
-        ca: dir.join("central/ca.pem"),
-        state_dir: dir.join("gw"),
-        enrollment_token: None,
-        name: "t".into(),
-        before_first_sync: BeforeFirstSync::FailClosed,
-        wait_s: 1,
-        max_indicators: 1000,
-        max_update_bytes: 1 << 20,
-        spool_max_events: 100,
-        upload_interval_ms: 100,
-        health_interval_s: 60,
-        feeds: vec![],
-    }
-}
-
-async fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// An HTTPS server on loopback with the certificate `server::init` made for
 /// localhost (signed by the CA the client trusts); `answer(path)` is the body.
@@ -119,7 +90,7 @@ async fn third_party_feeds_are_polled_and_a_bad_poll_is_refused_whole() {
         max_bytes: 1024,
     };
     // Central itself is not reachable (nothing listens on port 9 here); feeds are polled regardless.
-    let mut cfg = section("https://127.0.0.1:9".into(), d);
+    let mut cfg = section("https://127.0.0.1:9".into(), d, &d.join("central/ca.pem"));
     cfg.feeds = vec![
         feed("tp-list", "/list.txt", ThirdPartyFormat::List, Some("ipv4")),
         feed("tp-stix", "/bundle.json", ThirdPartyFormat::Stix, None),
@@ -216,7 +187,7 @@ async fn a_central_slower_than_the_timeout_is_treated_as_down() {
     let url = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), handler));
 
-    let (state, status, client) = start(section(url, d));
+    let (state, status, client) = start(section(url, d, &d.join("central/ca.pem")));
     let st = || status.lock().unwrap().clone();
     wait_until("first snapshot", Duration::from_secs(10), || st().revision == 1).await;
     assert!(state.indicators().match_ip(ip("203.0.113.5")).drops());
@@ -261,14 +232,14 @@ async fn fail_open_frames_are_counted_until_a_policy_arrives() {
     .await;
 
     // Fail-closed counts nothing: nothing is forwarded without a policy.
-    let mut closed_cfg = section(url.clone(), d);
+    let mut closed_cfg = section(url.clone(), d, &d.join("central/ca.pem"));
     closed_cfg.state_dir = d.join("gw-closed");
     let (_, status_closed, closed) = start(closed_cfg);
     closed.on_tick(&report(&[5, 7]));
     assert_eq!(status_closed.lock().unwrap().fail_open_frames, 0);
     closed.finish();
 
-    let mut cfg = section(url, d);
+    let mut cfg = section(url, d, &d.join("central/ca.pem"));
     cfg.before_first_sync = BeforeFirstSync::FailOpen;
     let (state, status, client) = start(cfg);
     let st = || status.lock().unwrap().clone();

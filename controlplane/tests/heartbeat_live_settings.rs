@@ -5,16 +5,16 @@
 #[path = "heartbeat_support/mod.rs"]
 mod support;
 
+#[path = "central_support/mod.rs"]
+mod central_support;
+use central_support::{section, TestCentral};
 use hbgw_controlplane::central::client::{load_start, load_state, CentralClient, CentralSetup};
-use hbgw_controlplane::central::http;
-use hbgw_controlplane::central::server::{self, Central};
 use hbgw_controlplane::heartbeat::client::{client_config, EndpointConnection};
 use hbgw_controlplane::heartbeat::protocol::{GatewayMessage, ReportedHealth};
 use hbgw_controlplane::heartbeat::HeartbeatService;
-use hbgw_shared::config::{BeforeFirstSync, CentralSection};
+use hbgw_shared::config::CentralSection;
 use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::CentralStatus;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
@@ -51,24 +51,6 @@ async fn new_sessions_get_the_new_interval_and_missed_limit() {
     assert_eq!(gw.service.report().interval_secs, 0.3, "a refused change changes nothing");
 }
 
-fn section(url: String, d: &Path) -> CentralSection {
-    CentralSection {
-        url,
-        ca: d.join("central/ca.pem"),
-        state_dir: d.join("gw"),
-        enrollment_token: None,
-        name: "t".into(),
-        before_first_sync: BeforeFirstSync::FailClosed,
-        wait_s: 1,
-        max_indicators: 1000,
-        max_update_bytes: 1 << 20,
-        spool_max_events: 100,
-        upload_interval_ms: 100,
-        health_interval_s: 60,
-        feeds: vec![],
-    }
-}
-
 fn client(cfg: CentralSection, service: Arc<HeartbeatService>) -> (CentralClient, Arc<Mutex<CentralStatus>>) {
     let start = load_start(&cfg).unwrap();
     let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
@@ -83,26 +65,16 @@ fn client(cfg: CentralSection, service: Arc<HeartbeatService>) -> (CentralClient
 async fn heartbeat_settings_from_central_apply_live_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    server::init(&d.join("central"), "localhost").unwrap();
-    let central = Central::open(&d.join("central"), 100).unwrap();
-    let cert = std::fs::read(d.join("central/server.pem")).unwrap();
-    let key = std::fs::read(d.join("central/server.key")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(http::serve(listener, http::server_tls(&cert, &key).unwrap(), central.handler()));
-    let admin = http::HttpsClient::new(&url, &std::fs::read(d.join("central/ca.pem")).unwrap()).unwrap();
-    let token = std::fs::read_to_string(d.join("central/admin.token")).unwrap().trim().to_owned();
+    let central = TestCentral::start(d, 100).await;
     let call = |method: hyper::Method, path: &'static str, body: String| {
-        let (admin, token) = (admin.clone(), token.clone());
-        async move {
-            admin.call(method, path, Some(&token), Some(("application/json", body.into_bytes())), Duration::from_secs(10), 1 << 20).await
-        }
+        let central = &central;
+        async move { central.try_call(method, path, &body).await }
     };
 
     let Gw { service, pki, dir: _pki_dir, .. } = start(3, |_| {}).await;
     let service = Arc::new(service);
     let (_, enroll) = call(hyper::Method::POST, "/v1/admin/tokens", String::new()).await.unwrap();
-    let mut cfg = section(url, d);
+    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
     cfg.enrollment_token = Some(serde_json::from_slice::<serde_json::Value>(&enroll).unwrap()["token"].as_str().unwrap().to_owned());
     let (c, status) = client(cfg.clone(), service.clone());
     wait_until(Duration::from_secs(10), "connected", || status.lock().unwrap().state == "connected").await;
