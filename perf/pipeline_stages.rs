@@ -12,6 +12,17 @@
 //!   minus classify;
 //! * rules — the same with the 100-rule policy, minus lookups.
 //!
+//! Those four are measured with the flow cache off, so that they split the
+//! cost of deciding a frame in full. Then the full state with the flow cache
+//! on (the default, 65,536 entries), first on the trace as it is (each of
+//! its 4096 frames is its own flow, recurring every 4096 frames; a frame
+//! with a DNS/TLS/HTTP hint still has its hint checked against the
+//! indicators), then with more concurrent flows: on pass p over the trace
+//! every frame's source port is moved by p mod V, so V variants of each flow
+//! take turns (V = 16, 64, 256: ~65k, ~262k, ~1M flows; one packet per flow
+//! every 4096 x V frames). The same rewriting runs with the cache off at the
+//! largest V, so both sides pay for it. Hit rates are printed with each line.
+//!
 //! Every ~1M frames the pipeline does its periodic housekeeping and the
 //! benchmark plays the control plane's part (seen-MAC buffers returned,
 //! events drained), as a worker's 100 ms flush period would.
@@ -24,12 +35,14 @@
 //! measured under DPDK (perf/bench-enforce.sh).
 
 use hbgw::gateway::{load_enforcement, port_context};
+use hbgw_dataplane::enforce::EnforcementConfig;
 use hbgw_dataplane::parse::parse_frame;
 use hbgw_dataplane::pipeline::Standalone;
 use hbgw_shared::config::EnforcementSection;
 use hbgw_shared::policy::CompiledPolicy;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 const TARGET_PACKETS: usize = 20_000_000;
@@ -49,8 +62,57 @@ const HOUSEKEEPING_EVERY: usize = 1 << 20;
 
 /// Runs `step` over `packets` frames, and `housekeeping` as often as a worker
 /// would; returns (ns per packet, TSC cycles per packet).
-fn measure<S>(
+/// What a worker does for a burst before deciding it: prefetch each frame's
+/// flow cache set (nothing when there is no cache).
+trait Prefetch {
+    fn prefetch(&self, frame: &[u8]);
+}
+
+impl Prefetch for () {
+    fn prefetch(&self, _: &[u8]) {}
+}
+
+impl Prefetch for Standalone {
+    #[inline(always)]
+    fn prefetch(&self, frame: &[u8]) {
+        if let Some(addr) = self.pipeline.prefetch_address(frame, 0) {
+            hbgw::dpdk::prefetch(addr);
+        }
+    }
+}
+
+fn measure<S: Prefetch>(
     frames: &[Vec<u8>],
+    packets: usize,
+    s: &mut S,
+    step: impl FnMut(&mut S, &[u8], u64),
+    housekeeping: impl FnMut(&mut S),
+) -> (f64, f64) {
+    let mut frames = frames.to_vec();
+    measure_flows(&mut frames, &[], 1, packets, s, step, housekeeping)
+}
+
+/// Where the L4 source port of each IPv4 TCP or UDP frame is, for making
+/// more flows out of the trace.
+fn sport_offsets(frames: &[Vec<u8>]) -> Vec<(usize, usize, u16)> {
+    let mut out = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let Ok(pf) = parse_frame(f) else { continue };
+        if pf.ports().is_none() || f.len() < 34 || f[12..14] != [8, 0] {
+            continue;
+        }
+        let off = 14 + usize::from(f[14] & 0x0f) * 4;
+        out.push((i, off, u16::from_be_bytes([f[off], f[off + 1]])));
+    }
+    out
+}
+
+/// [`measure`], with pass p over the frames moving each TCP/UDP frame's
+/// source port by p mod `variants` (1: the trace as it is).
+fn measure_flows<S: Prefetch>(
+    frames: &mut [Vec<u8>],
+    offsets: &[(usize, usize, u16)],
+    variants: u16,
     packets: usize,
     s: &mut S,
     mut step: impl FnMut(&mut S, &[u8], u64),
@@ -58,16 +120,25 @@ fn measure<S>(
 ) -> (f64, f64) {
     let reps = (packets / frames.len()).max(1);
     // Warm up caches and branch predictors once.
-    for f in frames {
+    for f in frames.iter() {
         step(s, f, hbgw::dpdk::rdtsc());
     }
     housekeeping(s);
     let t = Instant::now();
     let c0 = hbgw::dpdk::rdtsc();
     let mut since = 0;
-    for _ in 0..reps {
+    for rep in 0..reps {
+        if variants > 1 {
+            let v = (rep % usize::from(variants)) as u16;
+            for &(i, off, port) in offsets {
+                frames[i][off..off + 2].copy_from_slice(&port.wrapping_add(v).to_be_bytes());
+            }
+        }
         for burst in frames.chunks(32) {
             let now = hbgw::dpdk::rdtsc();
+            for f in burst {
+                s.prefetch(f);
+            }
             for f in burst {
                 step(s, f, now);
             }
@@ -104,29 +175,58 @@ fn median(mut v: Vec<(f64, f64)>) -> (f64, f64) {
     v[v.len() / 2]
 }
 
+/// Flow cache hits and misses so far.
+fn cache_counts(s: &Standalone) -> (u64, u64) {
+    let m = &s.counters.misc;
+    (m.flow_cache_hits.load(Relaxed), m.flow_cache_misses.load(Relaxed))
+}
+
 fn main() {
     let dir = PathBuf::from(std::env::args().nth(1).expect("usage: pipeline_stages STATE_DIR [ROUNDS]"));
     let rounds: usize = std::env::args().nth(2).map_or(7, |r| r.parse().expect("ROUNDS is a number"));
-    let frames = frames(&dir.join("traffic.pcap"));
+    let mut frames = frames(&dir.join("traffic.pcap"));
+    let offsets = sport_offsets(&frames);
     let packets = TARGET_PACKETS / rounds;
+    let no_cache = |s: EnforcementSection| EnforcementSection { flow_cache_entries: 0, ..s };
 
-    let (mut empty, _l1) = pipeline(&EnforcementSection::default());
+    let (mut empty, _l1) = pipeline(&no_cache(EnforcementSection::default()));
     let t = Instant::now();
     let full_section = EnforcementSection {
         policy: Some(dir.join("policy.toml")),
         threat_feed: Some(dir.join("feed.toml")),
         endpoints: Some(dir.join("endpoints.toml")),
+        // FLOW_CACHE_ENTRIES=N measures another cache size.
+        flow_cache_entries: std::env::var("FLOW_CACHE_ENTRIES")
+            .map_or(EnforcementSection::default().flow_cache_entries, |v| v.parse().expect("FLOW_CACHE_ENTRIES is a number")),
         ..Default::default()
     };
-    let (mut full, loaded) = pipeline(&full_section);
+    let (mut full, loaded) = pipeline(&no_cache(full_section.clone()));
     let load = t.elapsed();
     // The same state without rules: the pipeline picks up a published policy
     // on its next frame, so one pipeline serves both.
     let policy = CompiledPolicy::clone(&loaded.state.policy());
+    // Flow-cached pipelines over the same published state: a fresh one for
+    // each measurement, so that one run's cache contents (or its decision
+    // to sit out for lack of hits) do not carry into the next.
+    let new_cached = || {
+        Standalone::new(
+            &loaded.state,
+            EnforcementConfig { flow_cache_entries: full_section.flow_cache_entries, ..loaded.config.clone() },
+            vec![port_context(0), port_context(1)],
+            1 << 40,
+        )
+    };
 
+    const VARIANTS: [u16; 4] = [1, 16, 64, 256];
     let mut results: [Vec<(f64, f64)>; 4] = Default::default();
+    let mut cached_results: [Vec<(f64, f64)>; VARIANTS.len()] = Default::default();
+    let mut cache_rates = [(0u64, 0u64); VARIANTS.len()];
+    let mut sat_out = [0u64; VARIANTS.len()];
+    let mut churn_no_cache: Vec<(f64, f64)> = Vec::new();
     let mut dropped = 0usize;
     let mut decided = 0usize;
+    let mut dropped_cached = 0usize;
+    let mut decided_cached = 0usize;
     for _ in 0..rounds {
         results[0].push(measure(
             &frames,
@@ -160,14 +260,61 @@ fn main() {
             },
             housekeeping,
         ));
+        for (k, &v) in VARIANTS.iter().enumerate() {
+            let mut cached = new_cached();
+            let before = cache_counts(&cached);
+            cached_results[k].push(measure_flows(
+                &mut frames,
+                &offsets,
+                v,
+                packets,
+                &mut cached,
+                |p, f, now| {
+                    let v = run(p, f, now);
+                    decided_cached += 1;
+                    dropped_cached += usize::from(!matches!(v, hbgw_dataplane::verdict::Verdict::Forward));
+                },
+                housekeeping,
+            ));
+            housekeeping(&mut cached);
+            let after = cache_counts(&cached);
+            cache_rates[k].0 += after.0 - before.0;
+            cache_rates[k].1 += after.1 - before.1;
+            sat_out[k] += cached.counters.misc.flow_cache_bypassed_periods.load(Relaxed);
+        }
+        churn_no_cache.push(measure_flows(&mut frames, &offsets, VARIANTS[VARIANTS.len() - 1], packets, &mut full, |p, f, now| {
+            run(p, f, now);
+        }, housekeeping));
     }
     let [parse, classify, lookups, all] = results.map(median);
+    let plain = frames.iter().filter(|f| parse_frame(f).is_ok_and(|pf| pf.app.is_none())).count() as f64 / frames.len() as f64;
 
     println!("state load (policy + 1M indicators + 100k endpoints from files): {:.2} s", load.as_secs_f64());
-    println!("stage (median of {rounds} rounds)          ns/pkt  cycles/pkt");
+    println!("stage (median of {rounds} rounds), flow cache off  ns/pkt  cycles/pkt");
     println!("parse                              {:6.1}  {:6.1}", parse.0, parse.1);
     println!("+ classify (empty state)           {:6.1}  {:6.1}", classify.0 - parse.0, classify.1 - parse.1);
     println!("+ lookups (100k endpoints, 1M ind.) {:5.1}  {:6.1}", lookups.0 - classify.0, lookups.1 - classify.1);
     println!("+ rules (100)                      {:6.1}  {:6.1}", all.0 - lookups.0, all.1 - lookups.1);
     println!("= pipeline, full state             {:6.1}  {:6.1}   ({:.1}% of frames not forwarded)", all.0, all.1, 100.0 * dropped as f64 / decided.max(1) as f64);
+    println!("full state, flow cache on ({} entries; {:.0}% of frames have a DNS/TLS/HTTP hint, checked on a hit)", full_section.flow_cache_entries, 100.0 * (1.0 - plain));
+    for (k, &v) in VARIANTS.iter().enumerate() {
+        let m = median(cached_results[k].clone());
+        let (h, mi) = cache_rates[k];
+        println!(
+            "  ~{:>7} flows (x{v:<3})              {:6.1}  {:6.1}   ({:.1}% of lookups hit; sat out {} periods of ~1M frames)",
+            offsets.len() * usize::from(v),
+            m.0,
+            m.1,
+            100.0 * h as f64 / (h + mi).max(1) as f64,
+            sat_out[k]
+        );
+    }
+    let c = median(churn_no_cache);
+    println!(
+        "  ~{:>7} flows, flow cache off      {:6.1}  {:6.1}   (same frames, {:.1}% not forwarded with the cache)",
+        offsets.len() * usize::from(VARIANTS[VARIANTS.len() - 1]),
+        c.0,
+        c.1,
+        100.0 * dropped_cached as f64 / decided_cached.max(1) as f64
+    );
 }

@@ -34,6 +34,7 @@ use hbgw_shared::stats::CentralStatus;
 use hbgw_shared::config::HeartbeatSection;
 use hbgw_dataplane::enforce::{EnforcementConfig, Enforcer, LateralMovement, MalformedAction, PortContext};
 use hbgw_dataplane::events::{self, EventGate};
+use hbgw_dataplane::flow_cache::FlowCache;
 use hbgw_dataplane::pipeline::Enforcing;
 use hbgw_dataplane::seen_macs::{self, SeenMacs};
 use hbgw_shared::config::{BridgeConfig, Config, EnforcementSection, MalformedPolicy};
@@ -186,6 +187,7 @@ pub fn load_enforcement(section: &EnforcementSection) -> Result<LoadedState> {
             include_missing: lm.include_missing,
         },
         gateway_ips: section.gateway_addresses.clone(),
+        flow_cache_entries: section.flow_cache_entries,
     };
     Ok(LoadedState { state, writer, config, port_zones, missing_zones })
 }
@@ -568,6 +570,8 @@ fn run_with_eal(
                 .map(|((events, seen_flusher), counters)| {
                     Some(Enforcing {
                         enforcer: Enforcer::new(l.config.clone()),
+                        flows: FlowCache::new(l.config.flow_cache_entries),
+                        epoch: l.state.epoch().clone(),
                         view: l.state.worker_view(),
                         ports: port_contexts.clone().into_boxed_slice(),
                         events,

@@ -225,6 +225,13 @@ impl StatsAggregator {
             latency_total: percentiles(&self.all_total),
             channel_overflows: self.workers.iter().map(|w| w.counters.misc.events_lost.load(Relaxed)).sum(),
             seen_macs_overflow: self.workers.iter().map(|w| w.counters.misc.seen_macs_overflow.load(Relaxed)).sum(),
+            flow_cache_hits: self.workers.iter().map(|w| w.counters.misc.flow_cache_hits.load(Relaxed)).sum(),
+            flow_cache_misses: self.workers.iter().map(|w| w.counters.misc.flow_cache_misses.load(Relaxed)).sum(),
+            flow_cache_bypassed_periods: self
+                .workers
+                .iter()
+                .map(|w| w.counters.misc.flow_cache_bypassed_periods.load(Relaxed))
+                .sum(),
             enforcing: self.mode.0,
             tap_mode: self.mode.1,
             central: self.central.as_ref().map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).clone()),

@@ -42,6 +42,13 @@ pub struct MiscCounters {
     pub events_folded_lost: AtomicU64,
     /// Source MACs not recorded because the worker's seen-MAC set was full.
     pub seen_macs_overflow: AtomicU64,
+    /// Frames whose verdict came from the flow cache.
+    pub flow_cache_hits: AtomicU64,
+    /// Frames without an application hint that the flow cache could not
+    /// answer (decided in full; frames with a hint are in neither count).
+    pub flow_cache_misses: AtomicU64,
+    /// Flush periods the flow cache sat out because too few lookups hit.
+    pub flow_cache_bypassed_periods: AtomicU64,
 }
 
 /// A snapshot of [`PortCounters`].

@@ -27,6 +27,7 @@ use crate::parse::dns::DnsName;
 use crate::parse::{AppHint, Network, ParsedFrame};
 use crate::verdict::{DropReason, Verdict};
 use hbgw_shared::endpoint::{EndpointHealth, EndpointSnapshot, MacAddr};
+use hbgw_shared::indicator_overlay::IndicatorOverlay;
 use hbgw_shared::indicators::{FeedAction, IndicatorMatch};
 use hbgw_shared::policy::{DecisionReason, FlowKey, PolicyDecision, PortRole, RuleAction};
 use hbgw_shared::state::StateView;
@@ -60,7 +61,7 @@ impl Default for LateralMovement {
 }
 
 /// How the decide stage behaves.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EnforcementConfig {
     /// Observe only: compute and log every verdict, drop nothing.
     pub tap_mode: bool,
@@ -70,6 +71,20 @@ pub struct EnforcementConfig {
     pub lateral: LateralMovement,
     /// The gateway's own addresses: frames for them are punted.
     pub gateway_ips: Vec<IpAddr>,
+    /// Entries in the pipeline's flow cache ([`crate::flow_cache`]); 0: off.
+    pub flow_cache_entries: usize,
+}
+
+impl Default for EnforcementConfig {
+    fn default() -> Self {
+        EnforcementConfig {
+            tap_mode: false,
+            malformed: MalformedAction::default(),
+            lateral: LateralMovement::default(),
+            gateway_ips: Vec::new(),
+            flow_cache_entries: hbgw_shared::config::DEFAULT_FLOW_CACHE_ENTRIES,
+        }
+    }
 }
 
 /// The role of a port and of the port its frames leave by.
@@ -224,6 +239,28 @@ impl Enforcer {
         }
     }
 
+    /// Whether `pf`'s application hint (if any) matches no indicator that
+    /// would be logged: step 3 of [`Enforcer::decide`] for the hint alone,
+    /// without its events. When it holds, the hint changes nothing, and a
+    /// frame of a flow whose verdict is cached gets that verdict
+    /// ([`crate::flow_cache`]). Excluded matches are silent, as in `decide`.
+    #[inline]
+    pub fn app_hint_is_silent(&mut self, pf: &ParsedFrame<'_>, indicators: &IndicatorOverlay) -> bool {
+        let quiet = |m: IndicatorMatch<'_>| !matches!(m, IndicatorMatch::Hit(_));
+        match pf.app {
+            None => true,
+            Some(AppHint::DnsQuery(q)) => {
+                q.write_name(&mut self.dns_name);
+                quiet(indicators.match_domain(self.dns_name.as_bytes()))
+            }
+            Some(AppHint::TlsSni(sni)) => quiet(indicators.match_domain(sni)),
+            Some(AppHint::HttpRequest(req)) => match req.host() {
+                Some(host) => quiet(indicators.match_url(host, req.path)) && quiet(indicators.match_domain(host)),
+                None => true,
+            },
+        }
+    }
+
     /// Decides `pf`, which arrived on port slot `ingress_slot` with role
     /// `port`, against `state`; events go to `sink`.
     pub fn decide(
@@ -287,10 +324,18 @@ impl Enforcer {
                     // through a shared borrow (no 256-byte move per query).
                     q.write_name(&mut self.dns_name);
                     let text = self.dns_name.as_bytes();
-                    hit = self.check(&facts, ThreatModule::Dns, indicators.match_domain(text), text, &mut decision, sink);
+                    hit =
+                        self.check(&facts, ThreatModule::Dns, indicators.match_domain(text), text, &mut decision, sink);
                 }
                 Some(AppHint::TlsSni(sni)) => {
-                    hit = self.check(&facts, ThreatModule::TlsSni, indicators.match_domain(sni), sni, &mut decision, sink);
+                    hit = self.check(
+                        &facts,
+                        ThreatModule::TlsSni,
+                        indicators.match_domain(sni),
+                        sni,
+                        &mut decision,
+                        sink,
+                    );
                 }
                 Some(AppHint::HttpRequest(req)) => {
                     if let Some(host) = req.host() {
@@ -301,9 +346,23 @@ impl Enforcer {
                         let p = req.path.len().min(url.len() - n);
                         url[n..n + p].copy_from_slice(&req.path[..p]);
                         hit = self
-                            .check(&facts, ThreatModule::Http, indicators.match_url(host, req.path), &url[..n + p], &mut decision, sink)
+                            .check(
+                                &facts,
+                                ThreatModule::Http,
+                                indicators.match_url(host, req.path),
+                                &url[..n + p],
+                                &mut decision,
+                                sink,
+                            )
                             .or_else(|| {
-                                self.check(&facts, ThreatModule::Http, indicators.match_domain(host), host, &mut decision, sink)
+                                self.check(
+                                    &facts,
+                                    ThreatModule::Http,
+                                    indicators.match_domain(host),
+                                    host,
+                                    &mut decision,
+                                    sink,
+                                )
                             });
                     }
                 }

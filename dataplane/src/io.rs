@@ -39,6 +39,13 @@ pub trait PacketIo {
 
     /// A monotonic cycle counter (the TSC under DPDK).
     fn cycles(&self) -> u64;
+
+    /// Hints that `addr` will be read soon (a prefetch; never faults, even
+    /// for a bad address). The default does nothing.
+    #[inline(always)]
+    fn prefetch(&self, addr: *const u8) {
+        let _ = addr;
+    }
 }
 
 pub mod mem {
@@ -105,7 +112,9 @@ pub mod mem {
         type Packet = u32;
 
         fn rx_burst(&mut self, port: PortId, queue: QueueId, out: &mut [u32]) -> usize {
-            let Some(q) = self.rx.get_mut(&(port, queue)) else { return 0 };
+            let Some(q) = self.rx.get_mut(&(port, queue)) else {
+                return 0;
+            };
             let n = out.len().min(q.len());
             for slot in out.iter_mut().take(n) {
                 *slot = q.pop_front().expect("length checked");

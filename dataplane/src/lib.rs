@@ -11,6 +11,8 @@
 //!   [`enforce`] (exclusions -> threat indicators -> lateral movement ->
 //!   heartbeat rules -> default) against the state the control plane
 //!   publishes ([`hbgw_shared::state`]); [`events`] carries what it logs;
+//!   [`flow_cache`] keeps the verdict of a flow's frames that carry no
+//!   application hint, valid until the state's change counter moves;
 //! * [`worker`] — the poll loop: `rx_burst` -> pipeline -> `tx_burst`, unsent
 //!   frames freed and counted;
 //! * [`seen_macs`] — which source MACs sent traffic on which port, flushed
@@ -29,6 +31,7 @@
 pub mod counters;
 pub mod enforce;
 pub mod events;
+pub mod flow_cache;
 pub mod io;
 pub mod latency;
 pub mod parse;

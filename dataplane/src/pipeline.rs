@@ -3,17 +3,21 @@
 //! A pipeline is either the plain **bridge** (no policy: every well-formed
 //! frame crosses unchanged, and the payload is never read, so no-policy
 //! forwarding pays no cache miss per packet) or **enforcing**: each frame is
-//! parsed in place ([`crate::parse`]), its source MAC is noted for the
-//! missing-heartbeat timers ([`crate::seen_macs`]), and [`crate::enforce`]
-//! decides against the state the control plane publishes. In tap mode every
-//! verdict is computed, counted and logged, and nothing is dropped.
+//! parsed in place ([`crate::parse`]); a frame without an application hint
+//! whose flow was decided since the state last changed takes its verdict
+//! from the [`crate::flow_cache`]; any other frame has its source MAC noted
+//! for the missing-heartbeat timers ([`crate::seen_macs`]) and is decided by
+//! [`crate::enforce`] against the state the control plane publishes. In tap
+//! mode every verdict is computed, counted and logged, and nothing is dropped.
 
 use crate::counters::{bump, WorkerCounters};
 use crate::enforce::{EnforcementConfig, Enforcer, MalformedAction, PortContext};
 use crate::events::{EventGate, EventSender};
+use crate::flow_cache::{FlowCache, FlowCacheKey};
 use crate::parse::{parse_frame, Malformed};
 use crate::seen_macs::{SeenMac, SeenMacs, SeenMacsFlusher};
 use crate::verdict::{DropReason, Verdict};
+use hbgw_shared::epoch::StateEpoch;
 use hbgw_shared::state::WorkerView;
 use std::sync::Arc;
 
@@ -24,6 +28,10 @@ pub const ETHERNET_HEADER_LEN: usize = 14;
 pub struct Enforcing {
     /// The decide stage.
     pub enforcer: Enforcer,
+    /// Verdicts of recent flows (`None`: off).
+    pub flows: Option<FlowCache>,
+    /// The state's change counter, which validates `flows`.
+    pub epoch: Arc<StateEpoch>,
     /// This worker's cached view of the published state.
     pub view: WorkerView,
     /// Role of each port slot and of its bridge peer.
@@ -92,6 +100,17 @@ impl Pipeline {
         }
     }
 
+    /// Where the flow cache keeps `frame`'s verdict, when that can be told
+    /// from its bytes alone: the worker prefetches it for a whole burst
+    /// before deciding the burst's frames ([`crate::io::PacketIo::prefetch`]).
+    #[inline]
+    pub fn prefetch_address(&self, frame: &[u8], ingress_slot: usize) -> Option<*const u8> {
+        match &self.mode {
+            Mode::Enforce(ctx) => ctx.flows.as_ref()?.set_address(frame, ingress_slot),
+            Mode::Bridge => None,
+        }
+    }
+
     /// Whether this is the plain bridge (no policy), for the worker's fast path.
     #[inline(always)]
     pub fn is_bridge(&self) -> bool {
@@ -115,6 +134,15 @@ impl Pipeline {
             misc.events_lost.store(ctx.events.lost, std::sync::atomic::Ordering::Relaxed);
             misc.events_folded_lost.store(ctx.gate.evicted, std::sync::atomic::Ordering::Relaxed);
             misc.seen_macs_overflow.store(ctx.seen.overflowed, std::sync::atomic::Ordering::Relaxed);
+            if let Some(flows) = &mut ctx.flows {
+                flows.end_period();
+                misc.flow_cache_hits.store(flows.hits, std::sync::atomic::Ordering::Relaxed);
+                misc.flow_cache_misses.store(flows.misses, std::sync::atomic::Ordering::Relaxed);
+                misc.flow_cache_bypassed_periods.store(flows.bypassed_periods, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Let go of state replaced since the last frame that needed it
+            // (cache hits do not refresh the view).
+            ctx.view.refresh();
         }
     }
 }
@@ -139,12 +167,57 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
             };
         }
     };
-    ctx.seen.insert(SeenMac::new(pf.src_mac, ingress_slot));
+    // Read before any state: a verdict computed now is tagged with this
+    // count, and any write during the computation makes the tag stale.
+    let epoch = ctx.epoch.current();
+    let key = match &mut ctx.flows {
+        Some(flows) if flows.active() => match FlowCacheKey::of(pf, ingress_slot) {
+            Some(key) => {
+                match flows.lookup(&key, epoch, ctx.seen.period()) {
+                    Ok(hit) => {
+                        // A hint is checked against the indicators first, as the
+                        // decide stage would; only if that finds nothing to log
+                        // is the flow's verdict the frame's (a punt comes first).
+                        let reuse = pf.app.is_none()
+                            || hit.verdict == Verdict::Punt
+                            || ctx.enforcer.app_hint_is_silent(pf, ctx.view.refresh().indicators);
+                        if reuse {
+                            if !hit.seen_reported && ctx.seen.insert(SeenMac::new(pf.src_mac, ingress_slot)) {
+                                flows.mark_seen(&hit, ctx.seen.period());
+                            }
+                            return match hit.verdict {
+                                Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
+                                v => v,
+                            };
+                        }
+                        None
+                    }
+                    Err(miss) => Some((key, miss)),
+                }
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    let seen = ctx.seen.insert(SeenMac::new(pf.src_mac, ingress_slot));
     let Enforcing { enforcer, view, ports, events, gate, now, .. } = ctx;
     let state = view.refresh();
     let port = ports[ingress_slot];
     let now = *now;
-    let decision = enforcer.decide(pf, ingress_slot as u16, port, &state, &mut |e| gate.offer(e, now, events));
+    let mut logged = false;
+    let decision = enforcer.decide(pf, ingress_slot as u16, port, &state, &mut |e| {
+        logged = true;
+        gate.offer(e, now, events)
+    });
+    // Only a silent decision is reused: one that logged is made again for
+    // every frame, so events and their folding are as without the cache.
+    // A silent decision of a frame with a hint is also its flow's verdict:
+    // the hint matched nothing that counts.
+    if let (Some((key, miss)), Some(flows), false) = (key, &mut ctx.flows, logged) {
+        // A MAC the full seen set refused is not marked: the next hit retries.
+        let period = if seen { ctx.seen.period() } else { ctx.seen.period().wrapping_sub(1) };
+        flows.insert(miss, &key, epoch, period, decision.verdict);
+    }
     match decision.verdict {
         Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
         v => v,
@@ -190,6 +263,8 @@ impl Standalone {
         let (mut flushers, seen_macs) = crate::seen_macs::exchange(1, CAPACITY);
         let counters = Arc::new(WorkerCounters::new(ports.len()));
         let pipeline = Pipeline::enforcing(Enforcing {
+            flows: FlowCache::new(config.flow_cache_entries),
+            epoch: state.epoch().clone(),
             enforcer: Enforcer::new(config),
             view: state.worker_view(),
             ports: ports.into_boxed_slice(),

@@ -46,6 +46,9 @@ pub struct SeenMacs {
     max_len: usize,
     /// Keys dropped because the set was full, since creation.
     pub overflowed: u64,
+    /// How many times the set was drained (a flow cache entry remembers the
+    /// period it reported its MAC in, to skip the probe until the next one).
+    period: u32,
 }
 
 impl SeenMacs {
@@ -53,27 +56,35 @@ impl SeenMacs {
     /// twice that, rounded up to a power of two, to keep probes short).
     pub fn new(capacity: usize) -> Self {
         let size = (capacity.max(1) * 2).next_power_of_two();
-        SeenMacs { table: vec![0; size].into_boxed_slice(), mask: size - 1, len: 0, max_len: capacity.max(1), overflowed: 0 }
+        SeenMacs {
+            table: vec![0; size].into_boxed_slice(),
+            mask: size - 1,
+            len: 0,
+            max_len: capacity.max(1),
+            overflowed: 0,
+            period: 0,
+        }
     }
 
-    /// Records a key; cheap when already present.
+    /// Records a key; cheap when already present. Returns whether the set
+    /// holds it (false: the set was full and the key was counted as lost).
     #[inline]
-    pub fn insert(&mut self, key: SeenMac) {
+    pub fn insert(&mut self, key: SeenMac) -> bool {
         // Fibonacci hashing of the packed key; the top bits index the table.
         let mut i = (key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask;
         loop {
             let slot = self.table[i];
             if slot == key.0 {
-                return;
+                return true;
             }
             if slot == 0 {
                 if self.len >= self.max_len {
                     self.overflowed += 1;
-                    return;
+                    return false;
                 }
                 self.table[i] = key.0;
                 self.len += 1;
-                return;
+                return true;
             }
             i = (i + 1) & self.mask;
         }
@@ -89,6 +100,13 @@ impl SeenMacs {
         self.len == 0
     }
 
+    /// The current period: it advances each time the set is drained, so a
+    /// key recorded in this period is in the set until then.
+    #[inline(always)]
+    pub fn period(&self) -> u32 {
+        self.period
+    }
+
     /// Moves every key into `out` (cleared first) and empties the set.
     pub fn drain_into(&mut self, out: &mut Vec<SeenMac>) {
         out.clear();
@@ -100,6 +118,7 @@ impl SeenMacs {
             }
         }
         self.len = 0;
+        self.period = self.period.wrapping_add(1);
     }
 }
 

@@ -267,7 +267,7 @@ pub struct LdapSection {
 }
 
 /// `[enforcement]`: where the state comes from and how the decide stage acts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnforcementSection {
     /// Firewall policy file (`shared/src/policy.rs` format). Absent: accept
@@ -285,6 +285,30 @@ pub struct EnforcementSection {
     pub gateway_addresses: Vec<std::net::IpAddr>,
     /// Lateral movement protection.
     pub lateral_movement: LateralMovementConfig,
+    /// Entries in each worker's flow cache (the verdict of a flow's frames
+    /// without an application hint, until the state changes); rounded up to
+    /// a power of two, 64 bytes each. 0 turns the cache off.
+    pub flow_cache_entries: usize,
+}
+
+/// Default flow cache entries per worker: 4 MiB, for ~64,000 concurrent flows.
+pub const DEFAULT_FLOW_CACHE_ENTRIES: usize = 1 << 16;
+/// Largest flow cache per worker: 1 GiB.
+pub const MAX_FLOW_CACHE_ENTRIES: usize = 1 << 24;
+
+impl Default for EnforcementSection {
+    fn default() -> Self {
+        EnforcementSection {
+            policy: None,
+            threat_feed: None,
+            endpoints: None,
+            tap_mode: false,
+            malformed: MalformedPolicy::default(),
+            gateway_addresses: Vec::new(),
+            lateral_movement: LateralMovementConfig::default(),
+            flow_cache_entries: DEFAULT_FLOW_CACHE_ENTRIES,
+        }
+    }
 }
 
 /// What to do with frames that do not parse.
@@ -505,6 +529,15 @@ impl Config {
                     "dataplane.workers",
                     format!("names lcore {w} twice"),
                     "list each worker lcore once",
+                ));
+            }
+        }
+        if let Some(e) = &self.enforcement {
+            if e.flow_cache_entries > MAX_FLOW_CACHE_ENTRIES {
+                return Err(invalid(
+                    "enforcement.flow_cache_entries",
+                    format!("is {} (64 bytes each)", e.flow_cache_entries),
+                    &format!("use 0 (off) ..= {MAX_FLOW_CACHE_ENTRIES}; {DEFAULT_FLOW_CACHE_ENTRIES} is typical"),
                 ));
             }
         }

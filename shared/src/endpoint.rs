@@ -40,6 +40,7 @@
 //! (not `Clone`; share it behind a mutex there if several tasks write). The
 //! authoritative per-endpoint records stay in the writer.
 
+use crate::epoch::StateEpoch;
 use arc_swap::{ArcSwap, Cache};
 use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
@@ -397,6 +398,7 @@ impl EndpointSnapshot {
 #[derive(Debug, Clone)]
 pub struct EndpointTable {
     shared: Arc<ArcSwap<EndpointSnapshot>>,
+    epoch: Arc<StateEpoch>,
 }
 
 impl EndpointTable {
@@ -408,6 +410,11 @@ impl EndpointTable {
     /// The current index, held for as long as the returned `Arc` lives.
     pub fn load(&self) -> Arc<EndpointSnapshot> {
         self.shared.load_full()
+    }
+
+    /// The change counter the writer bumps on every health change and index.
+    pub fn epoch(&self) -> &Arc<StateEpoch> {
+        &self.epoch
     }
 }
 
@@ -452,6 +459,8 @@ pub struct EndpointTableWriter {
     mac_owner: FxMap<MacAddr, EndpointId>,
     ip_owner: FxMap<IpAddr, (EndpointId, MacAddr)>,
     generation: u64,
+    /// Bumped after every health store and every published index.
+    epoch: Arc<StateEpoch>,
     /// The slot array: its blocks, the next unused slot, slots of removed endpoints.
     health: Vec<Arc<HealthBlock>>,
     next_slot: Slot,
@@ -467,7 +476,14 @@ impl Default for EndpointTableWriter {
 impl EndpointTableWriter {
     /// An empty table (generation 0).
     pub fn new() -> Self {
+        Self::with_epoch(StateEpoch::new())
+    }
+
+    /// An empty table that bumps `epoch` on every change (the gateway
+    /// state's counter, shared with the policy and indicators).
+    pub fn with_epoch(epoch: Arc<StateEpoch>) -> Self {
         EndpointTableWriter {
+            epoch,
             shared: Arc::new(ArcSwap::from_pointee(EndpointSnapshot::empty())),
             records: BTreeMap::new(),
             mac_owner: FxMap::default(),
@@ -481,7 +497,7 @@ impl EndpointTableWriter {
 
     /// The read handle to give to workers.
     pub fn table(&self) -> EndpointTable {
-        EndpointTable { shared: Arc::clone(&self.shared) }
+        EndpointTable { shared: Arc::clone(&self.shared), epoch: Arc::clone(&self.epoch) }
     }
 
     /// Endpoints held.
@@ -513,6 +529,8 @@ impl EndpointTableWriter {
     pub fn set_health(&mut self, id: EndpointId, health: EndpointHealth) -> Result<(), EndpointError> {
         let record = self.records.get(&id).ok_or(EndpointError::UnknownEndpoint(id))?;
         slot_byte(&self.health, record.slot).store(health.as_u8(), Ordering::Relaxed);
+        // After the store: a worker that sees the new count sees the new health.
+        self.epoch.bump();
         Ok(())
     }
 
@@ -704,6 +722,7 @@ impl EndpointTableWriter {
             by_v4,
             by_v6,
         }));
+        self.epoch.bump();
     }
 }
 

@@ -579,10 +579,16 @@ impl NameTable {
     /// annotate: the suffix probes were the largest part of the lookup stage).
     #[inline]
     fn longest_suffix(&self, name: &[u8], mut accept: impl FnMut(u32) -> Option<u32>) -> Option<u32> {
+        self.longest_suffix_len(name, |v| accept(v)).map(|(v, _)| v)
+    }
+
+    /// [`NameTable::longest_suffix`], with the length of the suffix that matched.
+    #[inline]
+    fn longest_suffix_len(&self, name: &[u8], mut accept: impl FnMut(u32) -> Option<u32>) -> Option<(u32, usize)> {
         if self.table.is_empty() {
             return None;
         }
-        let mut hits = [NONE; WALK_HITS];
+        let mut hits = [(NONE, 0usize); WALK_HITS];
         let mut n = 0;
         let mut end = name.len();
         loop {
@@ -594,7 +600,7 @@ impl NameTable {
                 if n == WALK_HITS {
                     return self.every_suffix(name, accept);
                 }
-                hits[n] = e.value;
+                hits[n] = (e.value, suffix.len());
                 n += 1;
             }
             if e.len & HAS_CHILDREN == 0 || start == 0 {
@@ -602,21 +608,21 @@ impl NameTable {
             }
             end = start - 1;
         }
-        hits[..n].iter().rev().find_map(|&v| accept(v))
+        hits[..n].iter().rev().find_map(|&(v, len)| Some((accept(v)?, len)))
     }
 
     /// [`NameTable::longest_suffix`] by probing every suffix, longest first.
     #[cold]
-    fn every_suffix(&self, name: &[u8], accept: impl FnMut(u32) -> Option<u32>) -> Option<u32> {
+    fn every_suffix(&self, name: &[u8], mut accept: impl FnMut(u32) -> Option<u32>) -> Option<(u32, usize)> {
         let mut rest = Some(name);
         std::iter::from_fn(move || loop {
             let current = rest?;
             rest = current.iter().position(|&b| b == b'.').map(|i| &current[i + 1..]);
             if let Some(v) = self.get(current) {
-                return Some(v);
+                return Some((v, current.len()));
             }
         })
-        .find_map(accept)
+        .find_map(|(v, len)| Some((accept(v)?, len)))
     }
 
     fn len(&self) -> usize {
@@ -1180,19 +1186,6 @@ impl<K: PrefixKey> Lpm<K> {
 }
 
 impl NameTable {
-    /// Like [`NameTable::suffix_matches`], with the length of each matching suffix.
-    #[inline]
-    fn suffix_matches_len<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = (u32, usize)> + 'a {
-        let mut rest = if self.table.is_empty() { None } else { Some(name) };
-        std::iter::from_fn(move || loop {
-            let current = rest?;
-            rest = current.iter().position(|&b| b == b'.').map(|i| &current[i + 1..]);
-            if let Some(v) = self.get(current) {
-                return Some((v, current.len()));
-            }
-        })
-    }
-
     /// Every (name, value).
     fn entries(&self) -> impl Iterator<Item = (&[u8], u32)> + '_ {
         self.table.iter().map(|e| (Self::name(&self.arena, e), e.value))
@@ -1251,6 +1244,8 @@ impl IndicatorSet {
     #[inline]
     pub fn best_ip_where(&self, ip: IpAddr, keep: impl Fn(u32) -> bool) -> Option<(u32, usize)> {
         match ip {
+            // The /24 bitmap first, as `match_ip`: most addresses are in no listed /24.
+            IpAddr::V4(a) if !self.index.v4_may_hold(u32::from(a)) => None,
             IpAddr::V4(a) => self.index.v4.matches_len(u32::from(a)).find_map(|(h, l)| Some((self.enabled_kept(h, &keep)?, l.into()))),
             IpAddr::V6(a) => self.index.v6.matches_len(u128::from(a)).find_map(|(h, l)| Some((self.enabled_kept(h, &keep)?, l.into()))),
         }
@@ -1262,7 +1257,9 @@ impl IndicatorSet {
     #[inline]
     pub fn best_domain_where(&self, name: &[u8], keep: impl Fn(u32) -> bool) -> Option<(u32, usize)> {
         let name = strip_dot(name);
-        self.index.domains.suffix_matches_len(name).find_map(|(h, l)| Some((self.enabled_kept(h, &keep)?, l)))
+        // The top-down walk, as `match_domain` (not every suffix: with a
+        // million names most probes would be cache misses for nothing).
+        self.index.domains.longest_suffix_len(name, |h| self.enabled_kept(h, &keep))
     }
 
     /// The indicator [`IndicatorSet::match_url`] would pick among the records

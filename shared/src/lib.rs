@@ -6,7 +6,8 @@
 //! and data-plane workers read without locks ([`state`]): endpoint health
 //! ([`endpoint`]), threat indicators ([`indicators`], published as a base set
 //! plus recent changes, [`indicator_overlay`]) and the firewall policy
-//! ([`policy`]), and the files they can be loaded from without a Central
+//! ([`policy`]), with one change counter every publication bumps
+//! ([`epoch`]), and the files they can be loaded from without a Central
 //! ([`feed_file`]).
 //!
 //! This crate owns plain data and pure functions only. It must never touch
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod endpoint;
+pub mod epoch;
 pub mod feed_file;
 pub mod indicator_overlay;
 pub mod indicators;

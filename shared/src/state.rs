@@ -25,6 +25,10 @@
 //! * **Per-endpoint health is one atomic byte** shared by every generation of
 //!   the endpoint index (see [`crate::endpoint`]), so "heartbeat turned red"
 //!   is one store and takes effect on the next packet, with no rebuild.
+//! * **One change counter** ([`StateEpoch`]) is bumped after every
+//!   publication above and every health store, so a worker can keep a
+//!   verdict per flow and know, with one load, whether anything it was
+//!   computed from has changed since.
 //! * **Workers cache.** A [`WorkerView`] holds an [`arc_swap::Cache`] per
 //!   item; [`WorkerView::refresh`] (once per burst) is one atomic load of each
 //!   published pointer while nothing changed, and takes a reference count
@@ -33,6 +37,7 @@
 //!
 //! `benches/state_lookup.rs` measures this against a `DashMap`.
 
+use crate::epoch::StateEpoch;
 use crate::endpoint::{EndpointReader, EndpointSnapshot, EndpointTable, EndpointTableWriter};
 use crate::indicator_overlay::IndicatorOverlay;
 use crate::indicators::{ExclusionSet, IndicatorError, IndicatorSet, ThreatExclusion, ThreatFeedSettings};
@@ -49,17 +54,21 @@ pub struct GatewayState {
     policy: Arc<ArcSwap<CompiledPolicy>>,
     indicators: Arc<ArcSwap<IndicatorOverlay>>,
     endpoints: EndpointTable,
+    /// Bumped by every publication (here and by the endpoint writer).
+    epoch: Arc<StateEpoch>,
 }
 
 impl GatewayState {
     /// The state with a first policy and indicator set and an empty endpoint
     /// table, and the endpoint table's writer (for the control plane).
     pub fn new(policy: CompiledPolicy, indicators: impl Into<IndicatorOverlay>) -> (Arc<Self>, EndpointTableWriter) {
-        let writer = EndpointTableWriter::new();
+        let epoch = StateEpoch::new();
+        let writer = EndpointTableWriter::with_epoch(Arc::clone(&epoch));
         let state = GatewayState {
             policy: Arc::new(ArcSwap::from_pointee(policy)),
             indicators: Arc::new(ArcSwap::from_pointee(indicators.into())),
             endpoints: writer.table(),
+            epoch,
         };
         (Arc::new(state), writer)
     }
@@ -67,21 +76,25 @@ impl GatewayState {
     /// Publishes a new policy; workers use it from their next refresh.
     pub fn set_policy(&self, policy: CompiledPolicy) {
         self.policy.store(Arc::new(policy));
+        self.epoch.bump();
     }
 
     /// Publishes a new indicator set (a new feed, built aside).
     pub fn set_indicators(&self, indicators: IndicatorSet) {
         self.indicators.store(Arc::new(IndicatorOverlay::from_set(indicators)));
+        self.epoch.bump();
     }
 
     /// Publishes indicators as a base set plus recent changes.
     pub fn set_overlay(&self, indicators: IndicatorOverlay) {
         self.indicators.store(Arc::new(indicators));
+        self.epoch.bump();
     }
 
     /// Publishes the current indicators with new feed settings (no rebuild).
     pub fn set_feed_settings(&self, settings: &ThreatFeedSettings) {
         self.indicators.rcu(|current| current.with_settings(settings));
+        self.epoch.bump();
     }
 
     /// Publishes the current indicators with new exclusions (the indicators
@@ -92,6 +105,7 @@ impl GatewayState {
     ) -> Result<(), IndicatorError> {
         let compiled = Arc::new(ExclusionSet::compile(exclusions)?);
         self.indicators.rcu(|current| current.with_exclusion_set(Arc::clone(&compiled)));
+        self.epoch.bump();
         Ok(())
     }
 
@@ -108,6 +122,12 @@ impl GatewayState {
     /// The endpoint table's read handle.
     pub fn endpoints(&self) -> &EndpointTable {
         &self.endpoints
+    }
+
+    /// The change counter every publication bumps (workers' flow caches
+    /// check it before trusting a cached verdict).
+    pub fn epoch(&self) -> &Arc<StateEpoch> {
+        &self.epoch
     }
 
     /// A view for one worker thread.

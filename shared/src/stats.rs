@@ -171,6 +171,17 @@ pub struct StatsReport {
     /// Source MACs the workers could not record (their seen-MAC set was full).
     #[serde(default)]
     pub seen_macs_overflow: u64,
+    /// Frames whose verdict came from the workers' flow caches, since start.
+    #[serde(default)]
+    pub flow_cache_hits: u64,
+    /// Frames without an application hint the flow caches could not answer
+    /// (decided in full), since start.
+    #[serde(default)]
+    pub flow_cache_misses: u64,
+    /// Flush periods (~100 ms) a worker's flow cache sat out because too
+    /// few of its lookups hit (many more flows than entries), since start.
+    #[serde(default)]
+    pub flow_cache_bypassed_periods: u64,
     /// Whether the workers enforce policy (false: plain bridge).
     #[serde(default)]
     pub enforcing: bool,
@@ -365,6 +376,17 @@ impl StatsReport {
         for w in &self.workers {
             latency_row(&mut out, &format!("worker {} int.", w.id), &w.latency_interval);
             latency_row(&mut out, &format!("worker {} total", w.id), &w.latency_total);
+        }
+        let looked_up = self.flow_cache_hits + self.flow_cache_misses;
+        if self.enforcing && looked_up > 0 {
+            let _ = writeln!(
+                out,
+                "\nflow cache (since start): {} hits, {} misses ({:.1}% hit), {} periods sat out for too few hits",
+                self.flow_cache_hits,
+                self.flow_cache_misses,
+                100.0 * self.flow_cache_hits as f64 / looked_up as f64,
+                self.flow_cache_bypassed_periods
+            );
         }
         if self.channel_overflows > 0 || self.seen_macs_overflow > 0 {
             let _ = writeln!(

@@ -110,4 +110,9 @@ impl PacketIo for DpdkIo {
         // SAFETY: reads the TSC.
         unsafe { ffi::hbgw_rdtsc() }
     }
+
+    #[inline(always)]
+    fn prefetch(&self, addr: *const u8) {
+        super::prefetch(addr);
+    }
 }

@@ -50,6 +50,21 @@ pub fn rdtsc() -> u64 {
     unsafe { ffi::hbgw_rdtsc() }
 }
 
+/// Prefetches the cache line at `addr` into all cache levels (what
+/// `rte_prefetch0` does), so a later read of it does not wait on memory.
+#[inline(always)]
+pub fn prefetch(addr: *const u8) {
+    // SAFETY: `prefetcht0` only hints the cache; it never faults and reads
+    // nothing the program sees, whatever the address. SSE is part of the
+    // x86_64 baseline, so the instruction always exists.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 /// The TSC frequency EAL measured.
 pub fn tsc_hz() -> u64 {
     // SAFETY: valid after EAL init, which every caller has done (the Eal
