@@ -546,7 +546,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             }
         };
         let since = if force_snapshot { 0 } else { lock(&ctx.synced).revision };
-        let path = format!("/v1/sync?since={since}&wait={wait}");
+        let path = format!("/v1/sync?since={since}&wait={wait}&v={}", super::protocol::SYNC_VERSION);
         let answer = ctx
             .client
             .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
@@ -604,18 +604,24 @@ pub const COMPACT_AFTER: usize = 20_000;
 /// is published only if no update came in while it was built; otherwise
 /// the next update tries again.
 fn maybe_compact(ctx: &Arc<Ctx>) {
-    let (overlay, generation) = {
-        let s = lock(&ctx.synced);
-        if s.book.touched() < COMPACT_AFTER {
-            return;
-        }
-        (s.book.overlay().clone(), s.book.generation())
-    };
     if ctx.compacting.swap(true, Ordering::AcqRel) {
         return;
     }
+    let (overlay, generation) = {
+        let mut s = lock(&ctx.synced);
+        if s.book.touched() < COMPACT_AFTER {
+            ctx.compacting.store(false, Ordering::Release);
+            return;
+        }
+        let g = s.book.mark();
+        (s.book.overlay().clone(), g)
+    };
     let c = ctx.clone();
-    tokio::task::spawn_blocking(move || {
+    // A thread of its own (not the blocking pool: its priority is lowered).
+    let spawned = std::thread::Builder::new().name("hbgw-compact".into()).spawn(move || {
+        // Off the update path: at low CPU priority, so that an update (and
+        // Central's answer to it) on the same cores goes first.
+        set_thread_nice(10);
         let t = std::time::Instant::now();
         match overlay.compacted() {
             Ok(built) => {
@@ -625,13 +631,25 @@ fn maybe_compact(ctx: &Arc<Ctx>) {
                         c.state.set_overlay(o.clone());
                         tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
                     }
-                    None => tracing::debug!("indicator compaction outrun by an update; the next update retries"),
+                    None => tracing::debug!("indicator compaction outrun by a snapshot or rebuild; dropped"),
                 }
             }
             Err(e) => tracing::warn!("indicator compaction failed ({e}); the overlay stays in force"),
         }
         c.compacting.store(false, Ordering::Release);
     });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the indicator compaction thread: {e}");
+        ctx.compacting.store(false, Ordering::Release);
+    }
+}
+
+/// Sets the calling thread's nice value (Linux: per thread).
+fn set_thread_nice(nice: i32) {
+    // SAFETY: setpriority on this thread's own id changes only its nice value.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice);
+    }
 }
 
 /// The longest a changed state goes unwritten while updates keep coming.

@@ -9,7 +9,7 @@
 //! client's job, with the compiled result) and never panic on input.
 
 use crate::heartbeat::CertFingerprint;
-use hbgw_shared::indicator_overlay::IndicatorOverlay;
+use hbgw_shared::indicator_overlay::{IndicatorOverlay, Tombstones};
 use hbgw_shared::indicators::{
     ExclusionSet, IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
 };
@@ -489,8 +489,20 @@ pub struct IndicatorBook {
     overlay: IndicatorOverlay,
     touched: FxHashMap<Box<str>, Touch>,
     seq: u64,
-    /// Bumped by every change; a compaction publishes only if it is unchanged.
+    /// Bumped by every change.
     generation: u64,
+    /// Set when a compaction starts ([`IndicatorBook::mark`]): the generation
+    /// and touch order it folds, and the indicator each audit ID touched
+    /// since had before (`None`: absent), so that the compaction can be
+    /// installed under the changes that came in meanwhile.
+    mark: Option<CompactionMark>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CompactionMark {
+    generation: u64,
+    seq: u64,
+    before: FxHashMap<Box<str>, Option<HeldIndicator>>,
 }
 
 /// The audit IDs `changes` touch, in order, with the indicator each has after.
@@ -525,7 +537,14 @@ impl IndicatorBook {
 
     /// A freshly built whole set.
     pub fn from_set(set: IndicatorSet, generation: u64) -> Self {
-        IndicatorBook { overlay: IndicatorOverlay::from_set(set), touched: FxHashMap::default(), seq: 0, generation: generation + 1 }
+        IndicatorBook { overlay: IndicatorOverlay::from_set(set), touched: FxHashMap::default(), seq: 0, generation: generation + 1, mark: None }
+    }
+
+    /// Notes that a compaction of this book's overlay starts now; returns
+    /// its generation (give it to [`SyncedState::install_compacted`]).
+    pub fn mark(&mut self) -> u64 {
+        self.mark = Some(CompactionMark { generation: self.generation, seq: self.seq, before: FxHashMap::default() });
+        self.generation
     }
 
     /// What workers should see.
@@ -718,14 +737,46 @@ impl SyncedState {
         Ok(&self.book.overlay)
     }
 
-    /// Folds the delta into a new base, if no change came in between:
-    /// `built` is `book.overlay().compacted()` of a book of generation
-    /// `generation`. Returns the overlay to publish.
+    /// Makes `built` the new base: `built` is `book.overlay().compacted()`
+    /// of the book [`IndicatorBook::mark`]ed at `generation`. Changes that
+    /// came in since are laid over it again (their audit IDs' records in
+    /// `built` tombstoned, the delta rebuilt from what they touched: only
+    /// those changes are compiled). `None` when the book was replaced since
+    /// (a snapshot or a rebuild): `built` is stale. Returns the overlay to
+    /// publish.
     pub fn install_compacted(&mut self, generation: u64, built: IndicatorSet) -> Option<&IndicatorOverlay> {
-        if self.book.generation != generation {
-            return None;
+        if self.book.generation == generation {
+            let mut book = IndicatorBook::from_set(built, generation);
+            book.generation = self.book.generation + 1;
+            self.book = book;
+            return Some(&self.book.overlay);
         }
-        self.book = IndicatorBook::from_set(built, generation);
+        let mark = self.book.mark.take().filter(|m| m.generation == generation)?;
+        let current = &self.book.overlay;
+        let base = built.with_settings(current.settings()).with_exclusion_set(current.base().exclusion_set());
+        let mut tombstones = Tombstones::new();
+        for (audit, before) in &mark.before {
+            if let Some(old) = before {
+                let t = &tombstones;
+                if let Some(rec) = base.find_record(&old.kind, audit, &old.feed, |r| !t.contains(r)) {
+                    tombstones.insert(rec);
+                }
+            }
+        }
+        let touched: FxHashMap<Box<str>, Touch> =
+            self.book.touched.iter().filter(|(_, t)| t.seq > mark.seq).map(|(a, t)| (a.clone(), t.clone())).collect();
+        let mut live: Vec<(u64, &str, &HeldIndicator)> =
+            touched.iter().filter_map(|(a, t)| Some((t.seq, &**a, t.now.as_ref()?))).collect();
+        live.sort_unstable_by_key(|(seq, _, _)| *seq);
+        let mut b = IndicatorSetBuilder::with_capacity(live.len());
+        for (_, audit, h) in live {
+            // Validated when it came in; cannot fail but for size limits.
+            b.add_parts(&h.kind, audit, &h.feed).ok()?;
+        }
+        let delta = b.build(base.settings());
+        self.book.overlay = IndicatorOverlay::new(base, &delta, Arc::new(tombstones));
+        self.book.touched = touched;
+        self.book.generation += 1;
         Some(&self.book.overlay)
     }
 
@@ -929,6 +980,13 @@ impl SyncedState {
             Pending::Whole(s) => *self = *s,
             Pending::Changes(changes, book) => {
                 if let Some(o) = book {
+                    if let Some(mark) = self.book.mark.as_mut() {
+                        for (audit, _) in touches(&changes) {
+                            if !mark.before.contains_key(audit) {
+                                mark.before.insert(Box::from(audit), self.indicators.get(audit).cloned());
+                            }
+                        }
+                    }
                     self.book.record(&changes, o);
                 }
                 for c in changes {
@@ -1039,6 +1097,7 @@ mod tests {
         let urls = [("evil0.example", "/p1/x"), ("evil1.example", "/p2"), ("evil0.example", "/q")];
         let mut rev = 0;
         let mut most_held = 0;
+        let mut pending = None;
         for round in 0..120 {
             let mut changes = Vec::new();
             let mut used = std::collections::HashSet::new();
@@ -1079,10 +1138,16 @@ mod tests {
             let p = s.prepare(&a, 1000).unwrap();
             s.commit(p);
             if round % 31 == 30 {
+                let g = s.book.mark();
                 let built = s.book.overlay().compacted().unwrap();
-                let g = s.book.generation();
                 assert!(s.install_compacted(g, built).is_some());
                 assert_eq!(s.book.touched(), 0);
+            }
+            if round % 13 == 6 {
+                // A compaction outrun by this update: installed under it.
+                pending = Some((s.book.mark(), s.book.overlay().compacted().unwrap()));
+            } else if let Some((g, built)) = pending.take() {
+                assert!(s.install_compacted(g, built).is_some(), "round {round}");
             }
             most_held = most_held.max(s.indicators.len());
             let o = s.book.overlay().clone();
@@ -1104,11 +1169,11 @@ mod tests {
             }
         }
         assert!(most_held > 5, "the sequence exercised a populated state ({most_held} held at most)");
-        // A compaction outrun by an update is not installed.
-        let g = s.book.generation();
+        // A compaction outrun by a snapshot is not installed.
+        let g = s.book.mark();
         let built = s.book.overlay().compacted().unwrap();
-        let a = delta(rev, vec![Change::IndicatorsRemove { audit_ids: s.indicators.keys().take(1).map(|k| k.to_string()).collect() }]);
-        s.commit(s.prepare(&a, 1000).unwrap());
+        let snap = SyncAnswer { revision: rev + 1, changes: None, snapshot: Some(Snapshot::default()) };
+        s.commit(s.prepare(&snap, 1000).unwrap());
         assert!(s.install_compacted(g, built).is_none());
     }
 
