@@ -64,7 +64,7 @@ pub struct Central {
 /// Most bytes of journal entries kept in memory.
 const RECENT_MAX_BYTES: usize = 256 << 20;
 /// Indicators materialised per transaction (each holds the database a few ms).
-const MATERIALIZE_ROWS: usize = 2000;
+const MATERIALIZE_ROWS: usize = 1000;
 
 /// The latest journal entries, contiguous, oldest first.
 #[derive(Default)]
@@ -610,14 +610,13 @@ fn with_audit_ids(lines: &IndicatorLines, revision: u64) -> IndicatorLines {
 }
 
 /// Writes the batches committed as journal rows into the `indicators`
-/// table, a few thousand rows per transaction (so that no request waits
-/// long for the database), at low CPU priority; at start, it finishes what
-/// a stop or crash left undone. Ends when Central is dropped.
+/// table, a thousand rows per transaction (so that no request waits long
+/// for the database), resting as long as it worked after each (at most
+/// half a core); at start, it finishes what a stop or crash left undone.
+/// Ends when Central is dropped. Its priority is *not* lowered: it holds the
+/// database's lock while it works, and a preempted holder would make a
+/// posted batch wait (priority inversion).
 fn materialize_loop(central: Weak<Central>, kick: Arc<(Mutex<bool>, Condvar)>) {
-    // SAFETY: setpriority on this thread's own id changes only its nice value.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
-    }
     loop {
         {
             let (m, cv) = &*kick;
@@ -629,9 +628,11 @@ fn materialize_loop(central: Weak<Central>, kick: Arc<(Mutex<bool>, Condvar)>) {
         }
         loop {
             let Some(c) = central.upgrade() else { return };
+            let t = std::time::Instant::now();
             let r = c.store.lock().unwrap_or_else(|p| p.into_inner()).materialize_step(MATERIALIZE_ROWS);
+            drop(c);
             match r {
-                Ok(true) => continue,
+                Ok(true) => std::thread::sleep(t.elapsed()),
                 Ok(false) => break,
                 Err(e) => {
                     tracing::warn!("materialising indicator batches: {e}; retrying in a second");
