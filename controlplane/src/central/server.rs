@@ -66,6 +66,9 @@ const RECENT_MAX_BYTES: usize = 256 << 20;
 /// Indicators materialised per transaction (each holds the database a few ms).
 const MATERIALIZE_ROWS: usize = 1000;
 
+/// A journal entry as stored: (revision, change JSON).
+type JournalBody = (u64, Arc<str>);
+
 /// The latest journal entries, contiguous, oldest first.
 #[derive(Default)]
 struct RecentJournal {
@@ -91,7 +94,7 @@ impl RecentJournal {
 
     /// The entries after `since`, if all are here, and the revision they
     /// bring the gateway to.
-    fn after(&self, since: u64) -> Option<(u64, Vec<(u64, Arc<str>)>)> {
+    fn after(&self, since: u64) -> Option<(u64, Vec<JournalBody>)> {
         let (first, last) = (self.entries.front()?.0, self.entries.back()?.0);
         if since == 0 || since + 1 < first || since >= last {
             return None;

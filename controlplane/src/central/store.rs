@@ -149,7 +149,7 @@ impl Store {
             return Ok(false);
         }
         let rev = done + 1;
-        if self.progress.as_ref().is_none_or(|(r, _, _)| *r != rev) {
+        if self.progress.as_ref().map_or(true, |(r, _, _)| *r != rev) {
             let body: Option<String> =
                 self.db.query_row("SELECT body FROM changes WHERE revision = ?1", [rev as i64], |r| r.get(0)).optional()?;
             let body = body.ok_or_else(|| {
@@ -183,7 +183,7 @@ impl Store {
         if finished {
             self.progress = None;
         }
-        Ok(finished && rev < current || !finished)
+        Ok(!finished || rev < current)
     }
 
     /// Materialises every batch not yet in the `indicators` table.
