@@ -72,7 +72,8 @@ fn start_central(dir: &Path) -> CentralChild {
         .arg(&data)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // CENTRAL_LOG=1 (with RUST_LOG) shows Central's log lines too.
+        .stderr(if std::env::var_os("CENTRAL_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
         .spawn()
         .expect("serve");
     let t0 = Instant::now();

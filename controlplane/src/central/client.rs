@@ -546,7 +546,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             }
         };
         let since = if force_snapshot { 0 } else { lock(&ctx.synced).revision };
-        let path = format!("/v1/sync?since={since}&wait={wait}");
+        let path = format!("/v1/sync?since={since}&wait={wait}&v={}", super::protocol::SYNC_VERSION);
         let answer = ctx
             .client
             .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
@@ -604,18 +604,23 @@ pub const COMPACT_AFTER: usize = 20_000;
 /// is published only if no update came in while it was built; otherwise
 /// the next update tries again.
 fn maybe_compact(ctx: &Arc<Ctx>) {
-    let (overlay, generation) = {
-        let s = lock(&ctx.synced);
-        if s.book.touched() < COMPACT_AFTER {
-            return;
-        }
-        (s.book.overlay().clone(), s.book.generation())
-    };
     if ctx.compacting.swap(true, Ordering::AcqRel) {
         return;
     }
+    let (overlay, generation) = {
+        let mut s = lock(&ctx.synced);
+        if s.book.touched() < COMPACT_AFTER {
+            ctx.compacting.store(false, Ordering::Release);
+            return;
+        }
+        let g = s.book.mark();
+        (s.book.overlay().clone(), g)
+    };
     let c = ctx.clone();
-    tokio::task::spawn_blocking(move || {
+    // A thread of its own. Not at a lowered priority: on a loaded machine
+    // it then starves (8.7 s instead of 0.5 s for 1.5M indicators, measured)
+    // and every update meanwhile compiles a growing delta.
+    let spawned = std::thread::Builder::new().name("hbgw-compact".into()).spawn(move || {
         let t = std::time::Instant::now();
         match overlay.compacted() {
             Ok(built) => {
@@ -625,14 +630,19 @@ fn maybe_compact(ctx: &Arc<Ctx>) {
                         c.state.set_overlay(o.clone());
                         tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
                     }
-                    None => tracing::debug!("indicator compaction outrun by an update; the next update retries"),
+                    None => tracing::debug!("indicator compaction outrun by a snapshot or rebuild; dropped"),
                 }
             }
             Err(e) => tracing::warn!("indicator compaction failed ({e}); the overlay stays in force"),
         }
         c.compacting.store(false, Ordering::Release);
     });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the indicator compaction thread: {e}");
+        ctx.compacting.store(false, Ordering::Release);
+    }
 }
+
 
 /// The longest a changed state goes unwritten while updates keep coming.
 pub const PERSIST_WITHIN: Duration = Duration::from_secs(60);

@@ -9,7 +9,7 @@
 //! client's job, with the compiled result) and never panic on input.
 
 use crate::heartbeat::CertFingerprint;
-use hbgw_shared::indicator_overlay::IndicatorOverlay;
+use hbgw_shared::indicator_overlay::{IndicatorOverlay, Tombstones};
 use hbgw_shared::indicators::{
     ExclusionSet, IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
 };
@@ -17,7 +17,8 @@ use hbgw_shared::policy::{CompiledPolicy, Policy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,6 +67,13 @@ pub enum Change {
     IndicatorsAdd {
         /// The indicators.
         indicators: Vec<WireIndicator>,
+    },
+    /// Indicators added, in the compact form (sync protocol version 2): one
+    /// line per indicator, `VALUE\tAUDIT_ID\tFEED\n` (see
+    /// [`IndicatorLines`]); an existing audit ID is replaced.
+    IndicatorsAddLines {
+        /// The lines.
+        lines: String,
     },
     /// Indicators removed by audit ID.
     IndicatorsRemove {
@@ -263,21 +271,114 @@ fn bad(msg: impl Into<String>) -> UpdateError {
 
 /// Checks an indicator's fields and parses its value.
 pub fn check_indicator(i: &WireIndicator) -> Result<IndicatorKind, UpdateError> {
-    if i.value.len() > MAX_VALUE_LEN {
+    check_indicator_parts(&i.value, &i.audit_id, &i.feed)
+}
+
+/// Checks an indicator's fields (value, audit ID, feed) and parses its value.
+/// None of them may hold a control character (so that the compact form,
+/// [`IndicatorLines`], is unambiguous).
+pub fn check_indicator_parts(value: &str, audit_id: &str, feed: &str) -> Result<IndicatorKind, UpdateError> {
+    if value.len() > MAX_VALUE_LEN {
         return Err(bad(format!(
             "indicator `{}...` is {} bytes: keep values under {MAX_VALUE_LEN} bytes",
-            i.value.chars().take(40).collect::<String>(),
-            i.value.len()
+            value.chars().take(40).collect::<String>(),
+            value.len()
         )));
     }
-    if i.audit_id.is_empty() || i.audit_id.len() > MAX_AUDIT_ID_LEN || i.audit_id.chars().any(char::is_control) {
+    if value.chars().any(char::is_control) {
+        return Err(bad(format!("indicator {value:?} has a control character (tab, newline...): remove it")));
+    }
+    if audit_id.is_empty() || audit_id.len() > MAX_AUDIT_ID_LEN || audit_id.chars().any(char::is_control) {
         return Err(bad(format!(
-            "indicator `{}`: audit id {:?} is empty, longer than {MAX_AUDIT_ID_LEN} bytes or has control characters: give a printable audit id",
-            i.value, i.audit_id
+            "indicator `{value}`: audit id {audit_id:?} is empty, longer than {MAX_AUDIT_ID_LEN} bytes or has control characters: give a printable audit id"
         )));
     }
-    check_feed_name(&i.feed)?;
-    i.value.parse::<IndicatorKind>().map_err(|e| bad(e.to_string()))
+    check_feed_name(feed)?;
+    value.parse::<IndicatorKind>().map_err(|e| bad(e.to_string()))
+}
+
+/// The version of `GET /v1/sync` answers a gateway asks for with `v=`: 2
+/// understands `indicators_add_lines`; without `v`, Central answers
+/// version 1 (every batch as `indicators_add`).
+pub const SYNC_VERSION: u32 = 2;
+
+/// Indicators in the compact form of `indicators_add_lines`: one line per
+/// indicator, `VALUE \t AUDIT_ID \t FEED \n` (every line ends with `\n`).
+/// No field may hold a control character ([`check_indicator_parts`]), so a
+/// line splits one way only. Cheap to write and to read: no object per
+/// indicator at either end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndicatorLines(pub String);
+
+impl IndicatorLines {
+    /// Room for `n` indicators.
+    pub fn with_capacity(n: usize) -> Self {
+        IndicatorLines(String::with_capacity(n * 32))
+    }
+
+    /// Appends one indicator (checked by the caller).
+    pub fn push(&mut self, value: &str, audit_id: &str, feed: &str) {
+        let s = &mut self.0;
+        s.push_str(value);
+        s.push('\t');
+        s.push_str(audit_id);
+        s.push('\t');
+        s.push_str(feed);
+        s.push('\n');
+    }
+
+    /// The lines of `list`.
+    pub fn from_wire(list: &[WireIndicator]) -> Self {
+        let mut l = Self::with_capacity(list.len());
+        for i in list {
+            l.push(&i.value, &i.audit_id, &i.feed);
+        }
+        l
+    }
+
+    /// Splits `text` into (value, audit ID, feed); a malformed line is an
+    /// error naming it (fields are not checked here).
+    pub fn split(text: &str) -> impl Iterator<Item = Result<(&str, &str, &str), UpdateError>> + '_ {
+        let body = text.strip_suffix('\n');
+        let unterminated = !text.is_empty() && body.is_none();
+        body.into_iter().flat_map(|b| b.split('\n')).enumerate().map(|(n, line)| {
+            let mut f = line.splitn(3, '\t');
+            match (f.next(), f.next(), f.next()) {
+                (Some(v), Some(a), Some(feed)) if !feed.contains('\t') => Ok((v, a, feed)),
+                _ => Err(bad(format!(
+                    "indicator line {}: {:?} is not VALUE<tab>AUDIT_ID<tab>FEED: resend the batch",
+                    n + 1,
+                    line.chars().take(80).collect::<String>()
+                ))),
+            }
+        })
+        .chain(unterminated.then(|| Err(bad("indicator lines do not end with a newline: the batch was cut short; resend it"))))
+    }
+
+    /// Number of lines.
+    pub fn count(&self) -> usize {
+        self.0.bytes().filter(|&b| b == b'\n').count()
+    }
+
+    /// The lines as wire indicators (for version-1 answers).
+    pub fn to_wire(&self) -> Result<Vec<WireIndicator>, UpdateError> {
+        Self::split(&self.0)
+            .map(|r| r.map(|(v, a, f)| WireIndicator { value: v.to_owned(), audit_id: a.to_owned(), feed: f.to_owned() }))
+            .collect()
+    }
+}
+
+impl Change {
+    /// This change as a version-1 gateway understands it (`indicators_add_lines`
+    /// becomes `indicators_add`).
+    pub fn to_v1(&self) -> Result<Change, UpdateError> {
+        Ok(match self {
+            Change::IndicatorsAddLines { lines } => {
+                Change::IndicatorsAdd { indicators: IndicatorLines(lines.clone()).to_wire()? }
+            }
+            other => other.clone(),
+        })
+    }
 }
 
 /// Checks a feed name.
@@ -386,16 +487,64 @@ struct Touch {
 #[derive(Debug, Clone, Default)]
 pub struct IndicatorBook {
     overlay: IndicatorOverlay,
-    touched: HashMap<Box<str>, Touch>,
+    touched: FxHashMap<Box<str>, Touch>,
     seq: u64,
-    /// Bumped by every change; a compaction publishes only if it is unchanged.
+    /// Bumped by every change.
     generation: u64,
+    /// Set when a compaction starts ([`IndicatorBook::mark`]): the generation
+    /// and touch order it folds, and the indicator each audit ID touched
+    /// since had before (`None`: absent), so that the compaction can be
+    /// installed under the changes that came in meanwhile.
+    mark: Option<CompactionMark>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CompactionMark {
+    generation: u64,
+    seq: u64,
+    before: FxHashMap<Box<str>, Option<HeldIndicator>>,
+}
+
+/// The audit IDs `changes` touch, in order, with the indicator each has after.
+fn touches(changes: &[ValidChange]) -> impl Iterator<Item = (&str, Option<&HeldIndicator>)> {
+    changes.iter().flat_map(|c| -> Box<dyn Iterator<Item = (&str, Option<&HeldIndicator>)> + '_> {
+        match c {
+            ValidChange::Add(batch) => Box::new(batch.iter().map(|(a, h)| (&**a, Some(h)))),
+            ValidChange::Remove(ids) => Box::new(ids.iter().map(|a| (a.as_str(), None))),
+            _ => Box::new(std::iter::empty()),
+        }
+    })
 }
 
 impl IndicatorBook {
+    /// Makes `overlay` (built by [`SyncedState::incremental`] from
+    /// `changes`) the one in force and records what `changes` touched, in
+    /// the order `incremental` numbered them.
+    fn record(&mut self, changes: &[ValidChange], overlay: IndicatorOverlay) {
+        self.overlay = overlay;
+        self.generation += 1;
+        for (audit, now) in touches(changes) {
+            self.seq += 1;
+            let t = Touch { seq: self.seq, now: now.cloned() };
+            match self.touched.get_mut(audit) {
+                Some(old) => *old = t,
+                None => {
+                    self.touched.insert(Box::from(audit), t);
+                }
+            }
+        }
+    }
+
     /// A freshly built whole set.
     pub fn from_set(set: IndicatorSet, generation: u64) -> Self {
-        IndicatorBook { overlay: IndicatorOverlay::from_set(set), touched: HashMap::new(), seq: 0, generation: generation + 1 }
+        IndicatorBook { overlay: IndicatorOverlay::from_set(set), touched: FxHashMap::default(), seq: 0, generation: generation + 1, mark: None }
+    }
+
+    /// Notes that a compaction of this book's overlay starts now; returns
+    /// its generation (give it to [`SyncedState::install_compacted`]).
+    pub fn mark(&mut self) -> u64 {
+        self.mark = Some(CompactionMark { generation: self.generation, seq: self.seq, before: FxHashMap::default() });
+        self.generation
     }
 
     /// What workers should see.
@@ -426,7 +575,7 @@ pub struct SyncedState {
     /// Threat exclusions as sent.
     pub exclusions: Vec<String>,
     /// Indicators by audit ID.
-    pub indicators: HashMap<Box<str>, HeldIndicator>,
+    pub indicators: FxHashMap<Box<str>, HeldIndicator>,
     /// Endpoint certificates by fingerprint.
     pub certs: BTreeMap<CertFingerprint, HeldCert>,
     /// Indicators from third-party feeds the gateway polls itself, by feed name.
@@ -461,9 +610,10 @@ pub struct Prepared {
 enum Pending {
     /// Replace everything.
     Whole(Box<SyncedState>),
-    /// Apply these changes to the current model (already validated), and
-    /// take this book when the indicators changed.
-    Changes(Vec<ValidChange>, Option<Box<IndicatorBook>>),
+    /// Apply these changes to the current model (already validated), and,
+    /// when the indicators changed, make this overlay the book's (recording
+    /// the audit IDs the changes touch).
+    Changes(Vec<ValidChange>, Option<IndicatorOverlay>),
 }
 
 #[derive(Debug)]
@@ -507,7 +657,7 @@ impl SyncedState {
         check_feed_settings(&snap.feed_settings)?;
         check_exclusions(&snap.exclusions)?;
         let mut names = FeedNames::default();
-        let mut indicators = HashMap::with_capacity(snap.indicators.len());
+        let mut indicators = FxHashMap::with_capacity_and_hasher(snap.indicators.len(), Default::default());
         for i in &snap.indicators {
             let kind = check_indicator(i)?;
             indicators.insert(Box::from(i.audit_id.as_str()), HeldIndicator { kind, feed: names.get(&i.feed) });
@@ -587,28 +737,61 @@ impl SyncedState {
         Ok(&self.book.overlay)
     }
 
-    /// Folds the delta into a new base, if no change came in between:
-    /// `built` is `book.overlay().compacted()` of a book of generation
-    /// `generation`. Returns the overlay to publish.
+    /// Makes `built` the new base: `built` is `book.overlay().compacted()`
+    /// of the book [`IndicatorBook::mark`]ed at `generation`. Changes that
+    /// came in since are laid over it again (their audit IDs' records in
+    /// `built` tombstoned, the delta rebuilt from what they touched: only
+    /// those changes are compiled). `None` when the book was replaced since
+    /// (a snapshot or a rebuild): `built` is stale. Returns the overlay to
+    /// publish.
     pub fn install_compacted(&mut self, generation: u64, built: IndicatorSet) -> Option<&IndicatorOverlay> {
-        if self.book.generation != generation {
-            return None;
+        if self.book.generation == generation {
+            let mut book = IndicatorBook::from_set(built, generation);
+            book.generation = self.book.generation + 1;
+            self.book = book;
+            return Some(&self.book.overlay);
         }
-        self.book = IndicatorBook::from_set(built, generation);
+        let mark = self.book.mark.take().filter(|m| m.generation == generation)?;
+        let current = &self.book.overlay;
+        let base = built.with_settings(current.settings()).with_exclusion_set(current.base().exclusion_set());
+        let mut tombstones = Tombstones::new();
+        for (audit, before) in &mark.before {
+            if let Some(old) = before {
+                let t = &tombstones;
+                if let Some(rec) = base.find_record(&old.kind, audit, &old.feed, |r| !t.contains(r)) {
+                    tombstones.insert(rec);
+                }
+            }
+        }
+        let touched: FxHashMap<Box<str>, Touch> =
+            self.book.touched.iter().filter(|(_, t)| t.seq > mark.seq).map(|(a, t)| (a.clone(), t.clone())).collect();
+        let mut live: Vec<(u64, &str, &HeldIndicator)> =
+            touched.iter().filter_map(|(a, t)| Some((t.seq, &**a, t.now.as_ref()?))).collect();
+        live.sort_unstable_by_key(|(seq, _, _)| *seq);
+        let mut b = IndicatorSetBuilder::with_capacity(live.len());
+        for (_, audit, h) in live {
+            // Validated when it came in; cannot fail but for size limits.
+            b.add_parts(&h.kind, audit, &h.feed).ok()?;
+        }
+        let delta = b.build(base.settings());
+        self.book.overlay = IndicatorOverlay::new(base, &delta, Arc::new(tombstones));
+        self.book.touched = touched;
+        self.book.generation += 1;
         Some(&self.book.overlay)
     }
 
-    /// The book after `changes` (validated, in order) touched the indicators,
-    /// with new `settings` or `exclusions` if given. Compiles only the
-    /// indicators touched since the base was built.
+    /// The overlay after `changes` (validated, in order) touched the
+    /// indicators, with new `settings` or `exclusions` if given. Compiles
+    /// only the indicators touched since the base was built, and copies
+    /// nothing of the book: what the changes touch is recorded in the book
+    /// at commit ([`IndicatorBook::record`]).
     fn incremental(
         &self,
         changes: &[ValidChange],
         settings: Option<&ThreatFeedSettings>,
         exclusions: Option<&[String]>,
-    ) -> Result<IndicatorBook, UpdateError> {
-        let mut book = self.book.clone();
-        book.generation += 1;
+    ) -> Result<IndicatorOverlay, UpdateError> {
+        let book = &self.book;
         let mut base = book.overlay.base().clone();
         if let Some(s) = settings {
             base = base.with_settings(s);
@@ -617,10 +800,13 @@ impl SyncedState {
             base = base.with_exclusion_set(Arc::new(ExclusionSet::compile(&check_exclusions(x)?).map_err(|e| bad(e.to_string()))?));
         }
         let mut tombstones = Arc::clone(book.overlay.tombstones());
-        let mut touch = |book: &mut IndicatorBook, audit: &str, now: Option<&HeldIndicator>| {
-            if !book.touched.contains_key(audit) {
-                // First change since the base was built: the model's value is
-                // the base's; hide its record.
+        // What this update touches, by audit ID: (order, the indicator now).
+        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>)> = FxHashMap::default();
+        let mut seq = book.seq;
+        for (audit, now) in touches(changes) {
+            if !book.touched.contains_key(audit) && !mine.contains_key(audit) {
+                // First change since the base was built: the model's value
+                // is the base's; hide its record.
                 if let Some(old) = self.indicators.get(audit) {
                     let t = Arc::make_mut(&mut tombstones);
                     if let Some(rec) = base.find_record(&old.kind, audit, &old.feed, |r| !t.contains(r)) {
@@ -628,33 +814,28 @@ impl SyncedState {
                     }
                 }
             }
-            book.seq += 1;
-            let seq = book.seq;
-            book.touched.insert(Box::from(audit), Touch { seq, now: now.cloned() });
-        };
-        for c in changes {
-            match c {
-                ValidChange::Add(batch) => batch.iter().for_each(|(a, h)| touch(&mut book, a, Some(h))),
-                ValidChange::Remove(ids) => ids.iter().for_each(|a| touch(&mut book, a, None)),
-                _ => {}
-            }
+            seq += 1;
+            mine.insert(audit, (seq, now));
         }
-        let mut live: Vec<(&str, &Touch)> = book.touched.iter().filter(|(_, t)| t.now.is_some()).map(|(a, t)| (&**a, t)).collect();
-        live.sort_unstable_by_key(|(_, t)| t.seq);
+        let mut live: Vec<(u64, &str, &HeldIndicator)> = book
+            .touched
+            .iter()
+            .filter(|(a, _)| !mine.contains_key(&***a))
+            .filter_map(|(a, t)| Some((t.seq, &**a, t.now.as_ref()?)))
+            .chain(mine.iter().filter_map(|(a, (seq, now))| Some((*seq, *a, (*now)?))))
+            .collect();
+        live.sort_unstable_by_key(|(seq, _, _)| *seq);
         let mut b = IndicatorSetBuilder::with_capacity(live.len());
-        for (audit, t) in live {
-            if let Some(h) = &t.now {
-                b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
-            }
+        for (_, audit, h) in live {
+            b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
         }
         let delta = b.build(base.settings());
-        book.overlay = IndicatorOverlay::new(base, &delta, tombstones);
-        Ok(book)
+        Ok(IndicatorOverlay::new(base, &delta, tombstones))
     }
 
     /// Validates and compiles an answer from Central against this state,
     /// changing nothing. `limit` caps the indicators held.
-    pub fn prepare(&self, answer: &SyncAnswer, limit: usize) -> Result<Prepared, UpdateError> {
+    pub fn prepare<'a>(&self, answer: &'a SyncAnswer, limit: usize) -> Result<Prepared, UpdateError> {
         if let Some(snap) = &answer.snapshot {
             let mut next = Self::from_snapshot(answer.revision, snap, limit)?;
             next.third_party = self.third_party.clone();
@@ -678,8 +859,8 @@ impl SyncedState {
         let mut valid = Vec::with_capacity(changes.len());
         let mut names = FeedNames::default();
         // What the indicator map will look like, without copying it.
-        let mut added: HashMap<Box<str>, HeldIndicator> = HashMap::new();
-        let mut removed: HashSet<Box<str>> = HashSet::new();
+        let mut added: FxHashSet<&str> = FxHashSet::default();
+        let mut removed: FxHashSet<&str> = FxHashSet::default();
         let mut policy_text: Option<&str> = None;
         let mut settings: Option<&ThreatFeedSettings> = None;
         let mut exclusions: Option<&[String]> = None;
@@ -696,25 +877,35 @@ impl SyncedState {
                 UpdateError::Invalid(m) => bad(format!("revision {}: {m}", e.revision)),
                 other => other,
             };
+            let mut add = |value: &str, audit: &'a str, feed: &str, batch: &mut Vec<(Box<str>, HeldIndicator)>| {
+                let kind = check_indicator_parts(value, audit, feed).map_err(at)?;
+                removed.remove(audit);
+                added.insert(audit);
+                batch.push((Box::from(audit), HeldIndicator { kind, feed: names.get(feed) }));
+                Ok::<_, UpdateError>(())
+            };
             match &e.change {
                 Change::IndicatorsAdd { indicators } => {
                     let mut batch = Vec::with_capacity(indicators.len());
                     for i in indicators {
-                        let kind = check_indicator(i).map_err(at)?;
-                        let held = HeldIndicator { kind, feed: names.get(&i.feed) };
-                        let key: Box<str> = Box::from(i.audit_id.as_str());
-                        removed.remove(&key);
-                        added.insert(key.clone(), held.clone());
-                        batch.push((key, held));
+                        add(&i.value, &i.audit_id, &i.feed, &mut batch)?;
+                    }
+                    indicators_touched = true;
+                    valid.push(ValidChange::Add(batch));
+                }
+                Change::IndicatorsAddLines { lines } => {
+                    let mut batch = Vec::with_capacity(lines.len() / 32);
+                    for l in IndicatorLines::split(lines) {
+                        let (v, a, f) = l.map_err(at)?;
+                        add(v, a, f, &mut batch)?;
                     }
                     indicators_touched = true;
                     valid.push(ValidChange::Add(batch));
                 }
                 Change::IndicatorsRemove { audit_ids } => {
                     for a in audit_ids {
-                        let key: Box<str> = Box::from(a.as_str());
-                        added.remove(&key);
-                        removed.insert(key);
+                        added.remove(a.as_str());
+                        removed.insert(a.as_str());
                     }
                     indicators_touched = true;
                     valid.push(ValidChange::Remove(audit_ids.clone()));
@@ -759,22 +950,22 @@ impl SyncedState {
         }
         let policy = policy_text.map(check_policy).transpose()?.map(|(_, c)| Some(c));
         let book = if indicators_touched || settings.is_some() || exclusions.is_some() {
-            let gone = removed.iter().filter(|a| self.indicators.contains_key(*a)).count();
-            let new = added.keys().filter(|a| !self.indicators.contains_key(*a)).count();
+            let gone = removed.iter().filter(|a| self.indicators.contains_key(**a)).count();
+            let new = added.iter().filter(|a| !self.indicators.contains_key(**a)).count();
             let count = self.indicators.len() + new - gone;
             if count > limit {
                 return Err(bad(format!(
                     "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
                 )));
             }
-            Some(Box::new(self.incremental(&valid, settings, exclusions)?))
+            Some(self.incremental(&valid, settings, exclusions)?)
         } else {
             None
         };
         Ok(Prepared {
             revision: answer.revision,
             policy,
-            indicators: book.as_ref().map(|b| b.overlay.clone()),
+            indicators: book.clone(),
             certs_added,
             certs_removed,
             heartbeat,
@@ -788,8 +979,15 @@ impl SyncedState {
         match next {
             Pending::Whole(s) => *self = *s,
             Pending::Changes(changes, book) => {
-                if let Some(b) = book {
-                    self.book = *b;
+                if let Some(o) = book {
+                    if let Some(mark) = self.book.mark.as_mut() {
+                        for (audit, _) in touches(&changes) {
+                            if !mark.before.contains_key(audit) {
+                                mark.before.insert(Box::from(audit), self.indicators.get(audit).cloned());
+                            }
+                        }
+                    }
+                    self.book.record(&changes, o);
                 }
                 for c in changes {
                     match c {
@@ -899,9 +1097,10 @@ mod tests {
         let urls = [("evil0.example", "/p1/x"), ("evil1.example", "/p2"), ("evil0.example", "/q")];
         let mut rev = 0;
         let mut most_held = 0;
+        let mut pending = None;
         for round in 0..120 {
             let mut changes = Vec::new();
-            let mut used = HashSet::new();
+            let mut used = std::collections::HashSet::new();
             for _ in 0..1 + next(3) {
                 if next(3) == 0 && !s.indicators.is_empty() {
                     // In a fixed order, so that the sequence is the same every run.
@@ -939,10 +1138,16 @@ mod tests {
             let p = s.prepare(&a, 1000).unwrap();
             s.commit(p);
             if round % 31 == 30 {
+                let g = s.book.mark();
                 let built = s.book.overlay().compacted().unwrap();
-                let g = s.book.generation();
                 assert!(s.install_compacted(g, built).is_some());
                 assert_eq!(s.book.touched(), 0);
+            }
+            if round % 13 == 6 {
+                // A compaction outrun by this update: installed under it.
+                pending = Some((s.book.mark(), s.book.overlay().compacted().unwrap()));
+            } else if let Some((g, built)) = pending.take() {
+                assert!(s.install_compacted(g, built).is_some(), "round {round}");
             }
             most_held = most_held.max(s.indicators.len());
             let o = s.book.overlay().clone();
@@ -964,11 +1169,11 @@ mod tests {
             }
         }
         assert!(most_held > 5, "the sequence exercised a populated state ({most_held} held at most)");
-        // A compaction outrun by an update is not installed.
-        let g = s.book.generation();
+        // A compaction outrun by a snapshot is not installed.
+        let g = s.book.mark();
         let built = s.book.overlay().compacted().unwrap();
-        let a = delta(rev, vec![Change::IndicatorsRemove { audit_ids: s.indicators.keys().take(1).map(|k| k.to_string()).collect() }]);
-        s.commit(s.prepare(&a, 1000).unwrap());
+        let snap = SyncAnswer { revision: rev + 1, changes: None, snapshot: Some(Snapshot::default()) };
+        s.commit(s.prepare(&snap, 1000).unwrap());
         assert!(s.install_compacted(g, built).is_none());
     }
 

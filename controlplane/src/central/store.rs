@@ -5,11 +5,25 @@
 //! (log events, health summaries).
 //!
 //! Every change is one transaction: the tables it touches, the journal entry
-//! and the new revision commit together or not at all. This module validates
-//! nothing (the server does, before calling it) and never holds a secret in
-//! clear: tokens and gateway secrets are stored as SHA-256.
+//! and the new revision commit together or not at all — with one exception,
+//! made for speed: a batch of indicators (`indicators_add_lines`) commits as
+//! its journal entry alone (one row, however many indicators), and its rows
+//! in the `indicators` table are *materialised* later, in small transactions
+//! ([`Store::materialize_step`], run by Central's background thread), in
+//! revision order. `meta.materialized` is the last revision whose batch is in
+//! the table; journal entries after it are never trimmed, and a restart
+//! replays them (re-inserting a batch is idempotent), so a crash mid-way
+//! loses nothing. Whatever reads or deletes indicator rows (snapshot, removal,
+//! count) first sees the unmaterialised batches: the snapshot merges them in
+//! memory, the others materialise them first ([`Store::catch_up`]).
+//!
+//! This module validates nothing (the server does, before calling it) and
+//! never holds a secret in clear: tokens and gateway secrets are stored as
+//! SHA-256.
 
-use super::protocol::{Change, HeartbeatSettings, JournalEntry, LogEvent, Snapshot, WireEndpointCert, WireIndicator};
+use super::protocol::{
+    Change, HeartbeatSettings, IndicatorLines, JournalEntry, LogEvent, Snapshot, WireEndpointCert, WireIndicator,
+};
 use hbgw_shared::indicators::ThreatFeedSettings;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -41,6 +55,10 @@ pub struct Store {
     db: Connection,
     /// Journal entries kept.
     pub journal_keep: u64,
+    /// The change body committed last, not yet taken ([`Store::take_committed`]).
+    committed: Option<(u64, String)>,
+    /// The batch being materialised: (revision, its lines, bytes of them done).
+    progress: Option<(u64, String, usize)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -102,7 +120,76 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Connection::open(path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         db.execute_batch(SCHEMA)?;
-        Ok(Self { db, journal_keep: 100_000 })
+        let s = Self { db, journal_keep: 100_000, committed: None, progress: None };
+        if s.meta("materialized")?.is_none() {
+            // A database from before batches were materialised apart: its
+            // every change was applied when it committed.
+            let rev = s.revision()?;
+            s.db.execute("INSERT INTO meta (key, value) VALUES ('materialized', ?1)", [rev.to_string()])?;
+        }
+        Ok(s)
+    }
+
+    /// The last revision whose indicator batch is in the `indicators` table.
+    pub fn materialized(&self) -> Result<u64, StoreError> {
+        Ok(self.meta("materialized")?.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+
+    /// The revision and journal body of the change committed last (once).
+    pub fn take_committed(&mut self) -> Option<(u64, String)> {
+        self.committed.take()
+    }
+
+    /// Materialises up to `max_rows` indicators of the oldest batch not yet
+    /// in the `indicators` table (in one transaction); true when more is left.
+    pub fn materialize_step(&mut self, max_rows: usize) -> Result<bool, StoreError> {
+        let (done, current) = (self.materialized()?, self.revision()?);
+        if done >= current {
+            self.progress = None;
+            return Ok(false);
+        }
+        let rev = done + 1;
+        if self.progress.as_ref().map_or(true, |(r, _, _)| *r != rev) {
+            let body: Option<String> =
+                self.db.query_row("SELECT body FROM changes WHERE revision = ?1", [rev as i64], |r| r.get(0)).optional()?;
+            let body = body.ok_or_else(|| {
+                StoreError(format!("journal entry {rev} is missing but not yet materialised: restore the database from a backup"))
+            })?;
+            let lines = match serde_json::from_str::<Change>(&body)? {
+                Change::IndicatorsAddLines { lines } => lines,
+                // Every other change was applied when it committed.
+                _ => String::new(),
+            };
+            self.progress = Some((rev, lines, 0));
+        }
+        let Some((_, lines, offset)) = self.progress.as_mut() else { return Ok(false) };
+        let rest = &lines[*offset..];
+        let mut end = 0;
+        let tx = self.db.transaction()?;
+        {
+            let mut st = tx.prepare_cached("INSERT OR REPLACE INTO indicators (audit_id, value, feed, revision) VALUES (?1, ?2, ?3, ?4)")?;
+            for line in IndicatorLines::split(rest).take(max_rows) {
+                let (v, a, f) = line.map_err(|e| StoreError(format!("journal entry {rev}: {e}")))?;
+                st.execute(params![a, v, f, rev as i64])?;
+                end += v.len() + a.len() + f.len() + 3;
+            }
+        }
+        *offset += end;
+        let finished = *offset >= lines.len();
+        if finished {
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('materialized', ?1)", [rev.to_string()])?;
+        }
+        tx.commit()?;
+        if finished {
+            self.progress = None;
+        }
+        Ok(!finished || rev < current)
+    }
+
+    /// Materialises every batch not yet in the `indicators` table.
+    pub fn catch_up(&mut self) -> Result<(), StoreError> {
+        while self.materialize_step(50_000)? {}
+        Ok(())
     }
 
     /// The current revision.
@@ -131,31 +218,37 @@ impl Store {
             .unwrap_or(0);
         let rev = current + 1;
         apply(&tx, rev)?;
-        tx.execute("INSERT INTO changes (revision, body) VALUES (?1, ?2)", params![rev as i64, serde_json::to_string(change)?])?;
+        let body = serde_json::to_string(change)?;
+        tx.execute("INSERT INTO changes (revision, body) VALUES (?1, ?2)", params![rev as i64, body])?;
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?1)", [rev.to_string()])?;
         if rev > keep {
-            tx.execute("DELETE FROM changes WHERE revision <= ?1", [(rev - keep) as i64])?;
+            // Never an entry whose batch is not yet materialised.
+            let materialized: u64 = tx
+                .query_row("SELECT value FROM meta WHERE key = 'materialized'", [], |r| r.get::<_, String>(0))
+                .optional()?
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            tx.execute("DELETE FROM changes WHERE revision <= ?1", [(rev - keep).min(materialized) as i64])?;
         }
         tx.commit()?;
+        self.committed = Some((rev, body));
         Ok(rev)
     }
 
     /// Adds (or replaces, by audit ID) indicators.
     pub fn add_indicators(&mut self, list: Vec<WireIndicator>) -> Result<u64, StoreError> {
-        let change = Change::IndicatorsAdd { indicators: list };
-        let Change::IndicatorsAdd { indicators } = &change else { unreachable!() };
-        let rows = indicators.clone();
-        self.commit(&change, move |tx, rev| {
-            let mut st = tx.prepare("INSERT OR REPLACE INTO indicators (audit_id, value, feed, revision) VALUES (?1, ?2, ?3, ?4)")?;
-            for i in &rows {
-                st.execute(params![i.audit_id, i.value, i.feed, rev as i64])?;
-            }
-            Ok(())
-        })
+        self.add_indicator_lines(IndicatorLines::from_wire(&list))
+    }
+
+    /// Adds (or replaces, by audit ID) a batch of indicators: one journal
+    /// row; the table rows are materialised later ([`Store::materialize_step`]).
+    pub fn add_indicator_lines(&mut self, lines: IndicatorLines) -> Result<u64, StoreError> {
+        self.commit(&Change::IndicatorsAddLines { lines: lines.0 }, |_, _| Ok(()))
     }
 
     /// Audit IDs of indicators with one of these values.
-    pub fn audit_ids_of_values(&self, values: &[String]) -> Result<Vec<String>, StoreError> {
+    pub fn audit_ids_of_values(&mut self, values: &[String]) -> Result<Vec<String>, StoreError> {
+        self.catch_up()?;
         let mut st = self.db.prepare("SELECT audit_id FROM indicators WHERE value = ?1")?;
         let mut out = Vec::new();
         for v in values {
@@ -170,6 +263,7 @@ impl Store {
     /// Removes indicators by audit ID; returns the revision and how many
     /// existed (no revision is made when none did).
     pub fn remove_indicators(&mut self, audit_ids: Vec<String>) -> Result<(u64, usize), StoreError> {
+        self.catch_up()?;
         let mut present = Vec::new();
         {
             let mut st = self.db.prepare("SELECT 1 FROM indicators WHERE audit_id = ?1")?;
@@ -283,23 +377,40 @@ impl Store {
     /// journal's stored change bodies (Central wrote them; a 100,000-indicator
     /// change is not parsed and re-serialised to be sent); `None` as for
     /// [`Store::changes_after`].
-    pub fn sync_answer_json(&self, since: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn sync_answer_json(&self, since: u64, version: u32) -> Result<Option<Vec<u8>>, StoreError> {
         let revision = self.revision()?;
-        let Some(rows) = self.journal_after(since)? else { return Ok(None) };
-        let mut out = Vec::with_capacity(rows.iter().map(|(_, b)| b.len() + 32).sum::<usize>() + 64);
-        out.extend_from_slice(format!("{{\"revision\":{revision},\"changes\":[").as_bytes());
-        for (i, (r, body)) in rows.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        let Some(mut rows) = self.journal_after(since)? else { return Ok(None) };
+        if version < 2 {
+            for (_, body) in rows.iter_mut() {
+                if body.contains("\"indicators_add_lines\"") {
+                    let change: Change = serde_json::from_str(body)?;
+                    *body = serde_json::to_string(&change.to_v1().map_err(|e| StoreError(e.to_string()))?)?;
+                }
             }
-            out.extend_from_slice(format!("{{\"revision\":{r},\"change\":").as_bytes());
-            out.extend_from_slice(body.as_bytes());
-            out.push(b'}');
         }
-        out.extend_from_slice(b"]}");
-        Ok(Some(out))
+        Ok(Some(answer_around(revision, rows.iter().map(|(r, b)| (*r, b.as_str())))))
     }
+}
 
+/// A `GET /v1/sync` answer with `changes`, written around the changes'
+/// stored JSON bodies.
+pub fn answer_around<'a>(revision: u64, rows: impl Iterator<Item = (u64, &'a str)>) -> Vec<u8> {
+    let rows: Vec<(u64, &str)> = rows.collect();
+    let mut out = Vec::with_capacity(rows.iter().map(|(_, b)| b.len() + 32).sum::<usize>() + 64);
+    out.extend_from_slice(format!("{{\"revision\":{revision},\"changes\":[").as_bytes());
+    for (i, (r, body)) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"revision\":{r},\"change\":").as_bytes());
+        out.extend_from_slice(body.as_bytes());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+impl Store {
     /// The journal's (revision, change JSON) after `since`; `None` as for
     /// [`Store::changes_after`].
     fn journal_after(&self, since: u64) -> Result<Option<Vec<(u64, String)>>, StoreError> {
@@ -332,9 +443,10 @@ impl Store {
             None => Vec::new(),
         };
         let mut st = self.db.prepare("SELECT value, audit_id, feed FROM indicators")?;
-        let indicators = st
+        let mut indicators = st
             .query_map([], |r| Ok(WireIndicator { value: r.get(0)?, audit_id: r.get(1)?, feed: r.get(2)? }))?
             .collect::<Result<Vec<_>, _>>()?;
+        self.merge_unmaterialized(&mut indicators)?;
         let mut st = self.db.prepare("SELECT name, fingerprint, pem FROM endpoints ORDER BY name")?;
         let endpoint_certs = st
             .query_map([], |r| Ok(WireEndpointCert { name: r.get(0)?, fingerprint: r.get(1)?, pem: r.get(2)? }))?
@@ -346,8 +458,36 @@ impl Store {
         Ok((revision, Snapshot { policy: self.meta("policy")?, feed_settings, exclusions, indicators, endpoint_certs, heartbeat }))
     }
 
+    /// Adds to `rows` (the `indicators` table) the batches not yet
+    /// materialised, as materialising them would: a later audit ID replaces
+    /// an earlier one.
+    fn merge_unmaterialized(&self, rows: &mut Vec<WireIndicator>) -> Result<(), StoreError> {
+        let done = self.materialized()?;
+        let mut st = self.db.prepare("SELECT body FROM changes WHERE revision > ?1 ORDER BY revision")?;
+        let bodies = st.query_map([done as i64], |r| r.get::<_, String>(0))?;
+        let mut pending: Vec<WireIndicator> = Vec::new();
+        for body in bodies {
+            if let Change::IndicatorsAddLines { lines } = serde_json::from_str::<Change>(&body?)? {
+                pending.extend(IndicatorLines(lines).to_wire().map_err(|e| StoreError(e.to_string()))?);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut last: rustc_hash::FxHashMap<&str, usize> = rustc_hash::FxHashMap::default();
+        for (n, i) in pending.iter().enumerate() {
+            last.insert(i.audit_id.as_str(), n);
+        }
+        rows.retain(|r| !last.contains_key(r.audit_id.as_str()));
+        let keep: Vec<bool> = pending.iter().enumerate().map(|(n, i)| last.get(i.audit_id.as_str()) == Some(&n)).collect();
+        drop(last);
+        rows.extend(pending.into_iter().zip(keep).filter(|(_, k)| *k).map(|(i, _)| i));
+        Ok(())
+    }
+
     /// Number of indicators held.
-    pub fn indicator_count(&self) -> Result<u64, StoreError> {
+    pub fn indicator_count(&mut self) -> Result<u64, StoreError> {
+        self.catch_up()?;
         Ok(self.db.query_row("SELECT COUNT(*) FROM indicators", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
@@ -481,18 +621,75 @@ mod tests {
         assert_eq!(d.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(s.changes_after(5).unwrap().unwrap().is_empty());
         // The answer written around the stored bodies is the answer serde would write.
-        let raw = s.sync_answer_json(2).unwrap().unwrap();
+        let raw = s.sync_answer_json(2, 2).unwrap().unwrap();
         let parsed: super::super::protocol::SyncAnswer = serde_json::from_slice(&raw).unwrap();
         assert_eq!(parsed, super::super::protocol::SyncAnswer { revision: 5, changes: Some(d.clone()), snapshot: None });
         assert_eq!(raw, serde_json::to_vec(&parsed).unwrap());
-        assert_eq!(s.sync_answer_json(5).unwrap().unwrap(), br#"{"revision":5,"changes":[]}"#);
-        assert!(s.sync_answer_json(1).unwrap().is_none());
+        assert_eq!(s.sync_answer_json(5, 2).unwrap().unwrap(), br#"{"revision":5,"changes":[]}"#);
+        assert!(s.sync_answer_json(1, 2).unwrap().is_none());
         assert!(s.changes_after(9).unwrap().is_none(), "a gateway ahead of Central gets a snapshot");
         let (rev, snap) = s.snapshot().unwrap();
         assert_eq!(rev, 5);
         assert_eq!(snap.indicators, vec![ind("evil.example", "A2")]);
         assert_eq!(snap.exclusions, vec!["10.0.0.0/8".to_owned()]);
         assert!(snap.policy.is_some());
+    }
+
+    /// A batch commits as one journal row; its table rows come later, a
+    /// few per step, and a Central reopened mid-way (a crash) finishes them.
+    /// Until then the snapshot merges the batch in, and removal and counts
+    /// materialise it first.
+    #[test]
+    fn batches_are_materialised_apart_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut s = Store::open(&path).unwrap();
+        s.journal_keep = 1;
+        s.add_indicators(vec![ind("10.0.0.1", "A"), ind("10.0.0.2", "B")]).unwrap();
+        let batch: Vec<WireIndicator> = (0..10).map(|i| ind(&format!("10.1.0.{i}"), &format!("N{i}"))).chain([ind("10.9.9.9", "A")]).collect();
+        assert_eq!(s.add_indicators(batch).unwrap(), 2);
+        assert_eq!(s.materialized().unwrap(), 0);
+        let (_, snap) = s.snapshot().unwrap();
+        assert_eq!(snap.indicators.len(), 12);
+        assert!(snap.indicators.contains(&ind("10.9.9.9", "A")) && !snap.indicators.contains(&ind("10.0.0.1", "A")));
+        // Revision 1 done, revision 2 half done: then a "crash".
+        assert!(s.materialize_step(100).unwrap());
+        assert!(s.materialize_step(4).unwrap());
+        assert_eq!(s.materialized().unwrap(), 1);
+        // The journal keeps what is not materialised, whatever journal_keep says.
+        s.set_exclusions(vec![]).unwrap();
+        assert_eq!(s.changes_after(1).unwrap().unwrap().len(), 2);
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.materialized().unwrap(), 1);
+        while s.materialize_step(3).unwrap() {}
+        assert_eq!(s.materialized().unwrap(), 3);
+        let (_, again) = s.snapshot().unwrap();
+        let sorted = |mut v: Vec<WireIndicator>| {
+            v.sort_by(|a, b| a.audit_id.cmp(&b.audit_id));
+            v
+        };
+        assert_eq!(sorted(again.indicators), sorted(snap.indicators));
+        assert_eq!(s.remove_indicators(vec!["N3".into()]).unwrap(), (4, 1));
+        assert_eq!(s.indicator_count().unwrap(), 11);
+        // A version-1 gateway gets the batch as `indicators_add`.
+        let v1 = s.sync_answer_json(3, 1).unwrap();
+        assert!(v1.is_none() || !String::from_utf8(v1.unwrap()).unwrap().contains("indicators_add_lines"));
+    }
+
+    #[test]
+    fn version_1_answers_expand_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("c.db")).unwrap();
+        s.add_indicators(vec![ind("203.0.113.9", "A1")]).unwrap();
+        s.add_indicators(vec![ind("evil.example", "A2"), ind("http://x.example/p", "A3")]).unwrap();
+        let v1: super::super::protocol::SyncAnswer = serde_json::from_slice(&s.sync_answer_json(1, 1).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            v1.changes.unwrap()[0].change,
+            Change::IndicatorsAdd { indicators: vec![ind("evil.example", "A2"), ind("http://x.example/p", "A3")] }
+        );
+        let v2 = String::from_utf8(s.sync_answer_json(1, 2).unwrap().unwrap()).unwrap();
+        assert!(v2.contains(r#"{"op":"indicators_add_lines","lines":"evil.example\tA2\tmdr\nhttp://x.example/p\tA3\tmdr\n"}"#), "{v2}");
     }
 
     #[test]
