@@ -115,6 +115,44 @@ impl FlowCacheKey {
     }
 }
 
+impl FlowCacheKey {
+    /// The key of a frame of the most common kind ([`FlowCacheKey::of_raw`])
+    /// that also provably parses (lengths as `parse_frame` checks them) and
+    /// provably carries no application hint: not to or from port 53 as a
+    /// destination, and a TCP payload that is empty or starts with a byte
+    /// that neither a TLS record nor an HTTP method starts with. Such a
+    /// frame's verdict is its flow's, so a hit needs no parse. `None` means
+    /// only "parse it" (proptest: `Some(k)` implies `parse_frame` succeeds,
+    /// with no hint, and `FlowCacheKey::of` gives `k`).
+    #[inline(always)]
+    pub fn of_plain_raw(frame: &[u8], ingress_slot: usize) -> Option<Self> {
+        let key = Self::of_raw(frame, ingress_slot)?;
+        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+        let l4 = frame.get(34..14 + total)?; // total >= 20 and within the frame
+        let dst_port = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+        if dst_port == crate::parse::dns::PORT {
+            return None;
+        }
+        match frame[23] {
+            6 => {
+                let data_offset = usize::from(*l4.get(12)? >> 4) * 4;
+                if data_offset < 20 {
+                    return None;
+                }
+                match l4.get(data_offset..)?.first() {
+                    None => Some(key),
+                    Some(&b) if b == crate::parse::tls::CONTENT_HANDSHAKE || b.is_ascii_alphabetic() => None,
+                    Some(_) => Some(key),
+                }
+            }
+            _ => {
+                let length = usize::from(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]));
+                (8..=l4.len()).contains(&length).then_some(key)
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn hash_words(w: &[u64; KEY_WORDS]) -> u64 {
     // Two independent multiply chains (shorter latency than one over seven
@@ -422,7 +460,57 @@ mod tests {
         assert!(FlowCacheKey::of_raw(&frames[0][..37], 0).is_none());
     }
 
+    #[test]
+    fn plain_frames_have_a_raw_key_and_hinted_or_broken_ones_do_not() {
+        let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 9, 8, 7, 6, 5]);
+        let (x, y) = ([10, 0, 0, 1], [203, 0, 113, 9]);
+        let plain = synth::tcp(a, b, x, y, 40000, 443, b"");
+        assert!(FlowCacheKey::of_plain_raw(&plain, 0).is_some());
+        assert!(FlowCacheKey::of_plain_raw(&synth::udp(a, b, x, y, 1, 4500, &[0; 18]), 0).is_some());
+        assert!(FlowCacheKey::of_plain_raw(&synth::tcp(a, b, x, y, 1, 443, &[0x17, 3, 3]), 0).is_some());
+        for hinted in [
+            synth::udp(a, b, x, y, 1, 53, &synth::dns_query("a.example")),
+            synth::tcp(a, b, x, y, 1, 53, b""),
+            synth::tcp(a, b, x, y, 1, 443, &synth::client_hello("a.example")),
+            synth::tcp(a, b, x, y, 1, 80, &synth::http_get("a.example", "/")),
+            synth::tcp(a, b, x, y, 1, 8080, b"Garbage that might be a method"),
+        ] {
+            assert!(FlowCacheKey::of_plain_raw(&hinted, 0).is_none());
+        }
+        // An IPv4 total length past the frame: parse_frame refuses it, so must this.
+        let mut broken = plain.clone();
+        broken[17] = broken[17].wrapping_add(1);
+        assert!(parse_frame(&broken).is_err());
+        assert!(FlowCacheKey::of_plain_raw(&broken, 0).is_none());
+    }
+
     proptest::proptest! {
+        /// Any bytes shaped like the common frame: a plain raw key means the
+        /// frame parses, has no hint, and has that key.
+        #[test]
+        fn a_plain_raw_key_implies_the_parse(
+            mut f in proptest::collection::vec(proptest::prelude::any::<u8>(), 34..90),
+            tcp in proptest::prelude::any::<bool>(),
+            total in 0u16..80,
+            first in proptest::prelude::any::<u8>(),
+            offset in 0u8..16,
+            udp_len in 0u16..60,
+        ) {
+            f[12] = 8; f[13] = 0; f[14] = 0x45; f[20] &= 0xe0; f[21] = 0;
+            f[23] = if tcp { 6 } else { 17 };
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            if f.len() > 46 { f[46] = offset << 4; }
+            if f.len() > 39 && !tcp { f[38..40].copy_from_slice(&udp_len.to_be_bytes()); }
+            if f.len() > 54 { f[54] = first; }
+            if let Some(k) = FlowCacheKey::of_plain_raw(&f, 1) {
+                let pf = parse_frame(&f);
+                proptest::prop_assert!(pf.is_ok(), "{:?}", pf);
+                let pf = pf.unwrap();
+                proptest::prop_assert!(pf.app.is_none());
+                proptest::prop_assert_eq!(FlowCacheKey::of(&pf, 1), Some(k));
+            }
+        }
+
         /// Any bytes: a raw key, when there is one, is the parsed key.
         #[test]
         fn raw_and_parsed_keys_agree(mut f in proptest::collection::vec(proptest::prelude::any::<u8>(), 38..80), tcp in proptest::prelude::any::<bool>()) {

@@ -3,17 +3,19 @@
 //! A pipeline is either the plain **bridge** (no policy: every well-formed
 //! frame crosses unchanged, and the payload is never read, so no-policy
 //! forwarding pays no cache miss per packet) or **enforcing**: each frame is
-//! parsed in place ([`crate::parse`]); a frame without an application hint
-//! whose flow was decided since the state last changed takes its verdict
-//! from the [`crate::flow_cache`]; any other frame has its source MAC noted
-//! for the missing-heartbeat timers ([`crate::seen_macs`]) and is decided by
+//! looked up in the [`crate::flow_cache`] (the most common kind of frame
+//! straight from its bytes, any other after it is parsed in place,
+//! [`crate::parse`]): a frame whose flow was decided since the state last
+//! changed takes that verdict once its application hint, if any, matched
+//! no indicator. Any other frame has its source MAC noted for the
+//! missing-heartbeat timers ([`crate::seen_macs`]) and is decided by
 //! [`crate::enforce`] against the state the control plane publishes. In tap
 //! mode every verdict is computed, counted and logged, and nothing is dropped.
 
 use crate::counters::{bump, WorkerCounters};
 use crate::enforce::{EnforcementConfig, Enforcer, MalformedAction, PortContext};
 use crate::events::{EventGate, EventSender};
-use crate::flow_cache::{FlowCache, FlowCacheKey};
+use crate::flow_cache::{FlowCache, FlowCacheKey, Hit};
 use crate::parse::{parse_frame, Malformed};
 use crate::seen_macs::{SeenMac, SeenMacs, SeenMacsFlusher};
 use crate::verdict::{DropReason, Verdict};
@@ -150,6 +152,24 @@ impl Pipeline {
 #[inline(never)]
 fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
     let config_tap = ctx.enforcer.config().tap_mode;
+    // Read before any state: a verdict computed now is tagged with this
+    // count, and any write during the computation makes the tag stale.
+    let epoch = ctx.epoch.current();
+    // The common frame (untagged IPv4 TCP/UDP that provably parses and
+    // carries no application hint) is looked up from its bytes: a hit needs
+    // no parse at all.
+    let mut pending = None;
+    if let Some(flows) = ctx.flows.as_mut().filter(|f| f.active()) {
+        if let Some(key) = FlowCacheKey::of_plain_raw(frame, ingress_slot) {
+            match flows.lookup(&key, epoch, ctx.seen.period()) {
+                Ok(hit) => {
+                    let src_mac = [frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]];
+                    return cached(ctx, hit, src_mac, ingress_slot, config_tap);
+                }
+                Err(miss) => pending = Some((key, miss)),
+            }
+        }
+    }
     // Borrowed from the `Result` in place: moving the ~190-byte frame out of
     // it was a `memcpy` call per packet (measured, perf annotate).
     let parsed = parse_frame(frame);
@@ -167,34 +187,24 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
             };
         }
     };
-    // Read before any state: a verdict computed now is tagged with this
-    // count, and any write during the computation makes the tag stale.
-    let epoch = ctx.epoch.current();
-    let key = match &mut ctx.flows {
-        Some(flows) if flows.active() => match FlowCacheKey::of(pf, ingress_slot) {
-            Some(key) => {
-                match flows.lookup(&key, epoch, ctx.seen.period()) {
-                    Ok(hit) => {
-                        // A hint is checked against the indicators first, as the
-                        // decide stage would; only if that finds nothing to log
-                        // is the flow's verdict the frame's (a punt comes first).
-                        let reuse = pf.app.is_none()
-                            || hit.verdict == Verdict::Punt
-                            || ctx.enforcer.app_hint_is_silent(pf, ctx.view.refresh().indicators);
-                        if reuse {
-                            if !hit.seen_reported && ctx.seen.insert(SeenMac::new(pf.src_mac, ingress_slot)) {
-                                flows.mark_seen(&hit, ctx.seen.period());
-                            }
-                            return match hit.verdict {
-                                Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
-                                v => v,
-                            };
-                        }
-                        None
+    let key = match (&mut ctx.flows, pending) {
+        (_, Some(pending)) => Some(pending),
+        (Some(flows), None) if flows.active() => match FlowCacheKey::of(pf, ingress_slot) {
+            Some(key) => match flows.lookup(&key, epoch, ctx.seen.period()) {
+                Ok(hit) => {
+                    // A hint is checked against the indicators first, as the
+                    // decide stage would; only if that finds nothing to log
+                    // is the flow's verdict the frame's (a punt comes first).
+                    let reuse = pf.app.is_none()
+                        || hit.verdict == Verdict::Punt
+                        || ctx.enforcer.app_hint_is_silent(pf, ctx.view.refresh().indicators);
+                    if reuse {
+                        return cached(ctx, hit, pf.src_mac, ingress_slot, config_tap);
                     }
-                    Err(miss) => Some((key, miss)),
+                    None
                 }
-            }
+                Err(miss) => Some((key, miss)),
+            },
             None => None,
         },
         _ => None,
@@ -219,6 +229,21 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
         flows.insert(miss, &key, epoch, period, decision.verdict);
     }
     match decision.verdict {
+        Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
+        v => v,
+    }
+}
+
+/// A frame that takes its flow's cached verdict: its source MAC is still
+/// recorded once per seen-MAC period.
+#[inline(always)]
+fn cached(ctx: &mut Enforcing, hit: Hit, src_mac: [u8; 6], ingress_slot: usize, config_tap: bool) -> Verdict {
+    if !hit.seen_reported && ctx.seen.insert(SeenMac::new(src_mac, ingress_slot)) {
+        if let Some(flows) = &mut ctx.flows {
+            flows.mark_seen(&hit, ctx.seen.period());
+        }
+    }
+    match hit.verdict {
         Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
         v => v,
     }
