@@ -197,7 +197,9 @@ fn main() {
         endpoints: Some(dir.join("endpoints.toml")),
         // FLOW_CACHE_ENTRIES=N measures another cache size.
         flow_cache_entries: std::env::var("FLOW_CACHE_ENTRIES")
-            .map_or(EnforcementSection::default().flow_cache_entries, |v| v.parse().expect("FLOW_CACHE_ENTRIES is a number")),
+            .map_or(EnforcementSection::default().flow_cache_entries, |v| {
+                v.parse().expect("FLOW_CACHE_ENTRIES is a number")
+            }),
         ..Default::default()
     };
     let (mut full, loaded) = pipeline(&no_cache(full_section.clone()));
@@ -241,13 +243,25 @@ fn main() {
             p.pipeline.begin_burst(now);
             black_box(p.pipeline.verdict(black_box(f), 0))
         };
-        results[1].push(measure(&frames, packets, &mut empty, |p, f, now| {
-            run(p, f, now);
-        }, housekeeping));
+        results[1].push(measure(
+            &frames,
+            packets,
+            &mut empty,
+            |p, f, now| {
+                run(p, f, now);
+            },
+            housekeeping,
+        ));
         loaded.state.set_policy(CompiledPolicy::default());
-        results[2].push(measure(&frames, packets, &mut full, |p, f, now| {
-            run(p, f, now);
-        }, housekeeping));
+        results[2].push(measure(
+            &frames,
+            packets,
+            &mut full,
+            |p, f, now| {
+                run(p, f, now);
+            },
+            housekeeping,
+        ));
         loaded.state.set_policy(policy.clone());
         results[3].push(measure(
             &frames,
@@ -282,12 +296,21 @@ fn main() {
             cache_rates[k].1 += after.1 - before.1;
             sat_out[k] += cached.counters.misc.flow_cache_bypassed_periods.load(Relaxed);
         }
-        churn_no_cache.push(measure_flows(&mut frames, &offsets, VARIANTS[VARIANTS.len() - 1], packets, &mut full, |p, f, now| {
-            run(p, f, now);
-        }, housekeeping));
+        churn_no_cache.push(measure_flows(
+            &mut frames,
+            &offsets,
+            VARIANTS[VARIANTS.len() - 1],
+            packets,
+            &mut full,
+            |p, f, now| {
+                run(p, f, now);
+            },
+            housekeeping,
+        ));
     }
     let [parse, classify, lookups, all] = results.map(median);
-    let plain = frames.iter().filter(|f| parse_frame(f).is_ok_and(|pf| pf.app.is_none())).count() as f64 / frames.len() as f64;
+    let plain =
+        frames.iter().filter(|f| parse_frame(f).is_ok_and(|pf| pf.app.is_none())).count() as f64 / frames.len() as f64;
 
     println!("state load (policy + 1M indicators + 100k endpoints from files): {:.2} s", load.as_secs_f64());
     println!("stage (median of {rounds} rounds), flow cache off  ns/pkt  cycles/pkt");
@@ -295,8 +318,17 @@ fn main() {
     println!("+ classify (empty state)           {:6.1}  {:6.1}", classify.0 - parse.0, classify.1 - parse.1);
     println!("+ lookups (100k endpoints, 1M ind.) {:5.1}  {:6.1}", lookups.0 - classify.0, lookups.1 - classify.1);
     println!("+ rules (100)                      {:6.1}  {:6.1}", all.0 - lookups.0, all.1 - lookups.1);
-    println!("= pipeline, full state             {:6.1}  {:6.1}   ({:.1}% of frames not forwarded)", all.0, all.1, 100.0 * dropped as f64 / decided.max(1) as f64);
-    println!("full state, flow cache on ({} entries; {:.0}% of frames have a DNS/TLS/HTTP hint, checked on a hit)", full_section.flow_cache_entries, 100.0 * (1.0 - plain));
+    println!(
+        "= pipeline, full state             {:6.1}  {:6.1}   ({:.1}% of frames not forwarded)",
+        all.0,
+        all.1,
+        100.0 * dropped as f64 / decided.max(1) as f64
+    );
+    println!(
+        "full state, flow cache on ({} entries; {:.0}% of frames have a DNS/TLS/HTTP hint, checked on a hit)",
+        full_section.flow_cache_entries,
+        100.0 * (1.0 - plain)
+    );
     for (k, &v) in VARIANTS.iter().enumerate() {
         let m = median(cached_results[k].clone());
         let (h, mi) = cache_rates[k];

@@ -6,6 +6,11 @@
 //!
 //!     cargo run --release --example reaction_time [ROUNDS]
 //!
+//! The frames are all of one flow, so with the flow cache on (the default;
+//! `FLOW_CACHE_ENTRIES=N` sets its size, 0 turns it off) every frame before
+//! the write is a cache hit: this is the case where a cached verdict must
+//! give way to the new health at once.
+//!
 //! Prints p50/p99/p99.9/max in microseconds (TSC, calibrated against the
 //! monotonic clock). No DPDK: this measures state propagation and decision,
 //! not rx/tx; in a running gateway a burst also waits for rx_burst.
@@ -49,7 +54,17 @@ fn main() {
     let worker = {
         let (stop, dropped_at, state) = (stop.clone(), dropped_at.clone(), state.clone());
         std::thread::spawn(move || {
-            let mut p = Standalone::new(&state, EnforcementConfig::default(), vec![port_context(0), port_context(1)], u64::MAX).pipeline;
+            let mut p = Standalone::new(
+                &state,
+                EnforcementConfig {
+                    flow_cache_entries: std::env::var("FLOW_CACHE_ENTRIES")
+                        .map_or(1 << 16, |v| v.parse().expect("FLOW_CACHE_ENTRIES is a number")),
+                    ..Default::default()
+                },
+                vec![port_context(0), port_context(1)],
+                u64::MAX,
+            )
+            .pipeline;
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..32 {
                     if p.verdict(&frame, 0) != Verdict::Forward && dropped_at.load(Ordering::Relaxed) == 0 {

@@ -250,7 +250,7 @@ impl Enforcer {
         match pf.app {
             None => true,
             Some(AppHint::DnsQuery(q)) => {
-                q.write_name(&mut self.dns_name);
+                q.decode_into(&mut self.dns_name);
                 quiet(indicators.match_domain(self.dns_name.as_bytes()))
             }
             Some(AppHint::TlsSni(sni)) => quiet(indicators.match_domain(sni)),
@@ -322,7 +322,7 @@ impl Enforcer {
                 Some(AppHint::DnsQuery(q)) => {
                     // Decoded into the enforcer's own buffer, then read back
                     // through a shared borrow (no 256-byte move per query).
-                    q.write_name(&mut self.dns_name);
+                    q.decode_into(&mut self.dns_name);
                     let text = self.dns_name.as_bytes();
                     hit =
                         self.check(&facts, ThreatModule::Dns, indicators.match_domain(text), text, &mut decision, sink);

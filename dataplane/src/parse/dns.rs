@@ -87,6 +87,15 @@ impl<'a> DnsQuery<'a> {
     /// Writes the lower-cased text form of the name into `out`, replacing what
     /// it held, and returns it as text.
     pub fn write_name<'n>(&self, out: &'n mut DnsName) -> &'n str {
+        self.decode_into(out);
+        out.as_str()
+    }
+
+    /// [`DnsQuery::write_name`] without the text view: the packet path reads
+    /// the bytes back ([`DnsName::as_bytes`]) and has no use for the UTF-8
+    /// check `as_str` makes (measured: ~2% of a DNS frame's cycles).
+    #[inline]
+    pub fn decode_into(&self, out: &mut DnsName) {
         // The text form is the wire form without its first length byte and
         // its final zero, each other length byte turned into a dot (labels
         // hold no dots: `read_qname` checked). So: one copy, then one hop per
@@ -106,7 +115,6 @@ impl<'a> DnsQuery<'a> {
         dst.make_ascii_lowercase();
         // n <= 253 for a validated name (MAX_WIRE_NAME_LEN - 2).
         out.len = n as u8;
-        out.as_str()
     }
 }
 

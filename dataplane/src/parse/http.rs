@@ -94,7 +94,7 @@ pub fn parse_request(segment: &[u8]) -> Result<HttpRequest<'_>, HttpError> {
 /// The next line without its LF or CRLF, and what follows it; `None` if no
 /// LF is left.
 fn next_line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let lf = buf.iter().position(|&b| b == b'\n')?;
+    let lf = memchr::memchr(b'\n', buf)?;
     let line = buf.get(..lf)?;
     let tail = buf.get(lf + 1..)?;
     Some((line.strip_suffix(b"\r").unwrap_or(line), tail))
