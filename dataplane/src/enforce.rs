@@ -239,15 +239,15 @@ impl Enforcer {
         }
     }
 
-    /// Whether `pf`'s application hint (if any) matches no indicator that
+    /// Whether a frame's application hint (if any) matches no indicator that
     /// would be logged: step 3 of [`Enforcer::decide`] for the hint alone,
     /// without its events. When it holds, the hint changes nothing, and a
     /// frame of a flow whose verdict is cached gets that verdict
     /// ([`crate::flow_cache`]). Excluded matches are silent, as in `decide`.
     #[inline]
-    pub fn app_hint_is_silent(&mut self, pf: &ParsedFrame<'_>, indicators: &IndicatorOverlay) -> bool {
+    pub fn app_hint_is_silent(&mut self, app: Option<AppHint<'_>>, indicators: &IndicatorOverlay) -> bool {
         let quiet = |m: IndicatorMatch<'_>| !matches!(m, IndicatorMatch::Hit(_));
-        match pf.app {
+        match app {
             None => true,
             Some(AppHint::DnsQuery(q)) => {
                 q.decode_into(&mut self.dns_name);

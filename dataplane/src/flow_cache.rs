@@ -43,7 +43,8 @@
 //! wraps (2^32 flushes, 13 years at 100 ms) costs at most one unreported
 //! period for a flow idle that whole time.
 
-use crate::parse::{Network, ParsedFrame};
+use crate::parse::frame::{PROTO_TCP, PROTO_UDP};
+use crate::parse::{app_hint_of, AppHint, Network, ParsedFrame};
 use crate::verdict::{DropReason, Verdict};
 
 /// Words of a key.
@@ -115,41 +116,54 @@ impl FlowCacheKey {
     }
 }
 
+/// What the flow cache reads from a frame it did not parse: the L4 protocol,
+/// destination port and payload (enough to find the application hint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawL4<'a> {
+    /// `6` (TCP) or `17` (UDP).
+    pub protocol: u8,
+    /// The destination port.
+    pub dst_port: u16,
+    /// The TCP or UDP payload, as `parse_frame` cuts it.
+    pub payload: &'a [u8],
+}
+
+impl<'a> RawL4<'a> {
+    /// The application hint `parse_frame` would find in this frame.
+    #[inline]
+    pub fn app_hint(&self) -> Option<AppHint<'a>> {
+        app_hint_of(self.protocol, self.dst_port, self.payload)
+    }
+}
+
 impl FlowCacheKey {
-    /// The key of a frame of the most common kind ([`FlowCacheKey::of_raw`])
-    /// that also provably parses (lengths as `parse_frame` checks them) and
-    /// provably carries no application hint: not to or from port 53 as a
-    /// destination, and a TCP payload that is empty or starts with a byte
-    /// that neither a TLS record nor an HTTP method starts with. Such a
-    /// frame's verdict is its flow's, so a hit needs no parse. `None` means
-    /// only "parse it" (proptest: `Some(k)` implies `parse_frame` succeeds,
-    /// with no hint, and `FlowCacheKey::of` gives `k`).
+    /// The key and L4 data of a frame of the most common kind
+    /// ([`FlowCacheKey::of_raw`]) that also provably parses: its lengths
+    /// pass the checks `parse_frame` makes (IPv4 total length within the
+    /// frame, TCP data offset within the packet, UDP length within it). Its
+    /// hint is then [`RawL4::app_hint`], so a cache hit needs no parse of the
+    /// headers. `None` means only "parse it" (proptest: `Some((k, l4))`
+    /// implies `parse_frame` succeeds with key `k` and hint `l4.app_hint()`).
     #[inline(always)]
-    pub fn of_plain_raw(frame: &[u8], ingress_slot: usize) -> Option<Self> {
+    pub fn of_raw_parts(frame: &[u8], ingress_slot: usize) -> Option<(Self, RawL4<'_>)> {
         let key = Self::of_raw(frame, ingress_slot)?;
         let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
         let l4 = frame.get(34..14 + total)?; // total >= 20 and within the frame
         let dst_port = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
-        if dst_port == crate::parse::dns::PORT {
-            return None;
-        }
-        match frame[23] {
-            6 => {
+        let (protocol, payload) = match frame[23] {
+            PROTO_TCP => {
                 let data_offset = usize::from(*l4.get(12)? >> 4) * 4;
                 if data_offset < 20 {
                     return None;
                 }
-                match l4.get(data_offset..)?.first() {
-                    None => Some(key),
-                    Some(&b) if b == crate::parse::tls::CONTENT_HANDSHAKE || b.is_ascii_alphabetic() => None,
-                    Some(_) => Some(key),
-                }
+                (PROTO_TCP, l4.get(data_offset..)?)
             }
             _ => {
                 let length = usize::from(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]));
-                (8..=l4.len()).contains(&length).then_some(key)
+                (PROTO_UDP, l4.get(8..length)?)
             }
-        }
+        };
+        Some((key, RawL4 { protocol, dst_port, payload }))
     }
 }
 
@@ -461,40 +475,36 @@ mod tests {
     }
 
     #[test]
-    fn plain_frames_have_a_raw_key_and_hinted_or_broken_ones_do_not() {
+    fn raw_parts_give_the_hint_and_broken_frames_give_none() {
         let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 9, 8, 7, 6, 5]);
         let (x, y) = ([10, 0, 0, 1], [203, 0, 113, 9]);
+        let hint = |f: &[u8]| FlowCacheKey::of_raw_parts(f, 0).map(|(_, l4)| l4.app_hint().is_some());
         let plain = synth::tcp(a, b, x, y, 40000, 443, b"");
-        assert!(FlowCacheKey::of_plain_raw(&plain, 0).is_some());
-        assert!(FlowCacheKey::of_plain_raw(&synth::udp(a, b, x, y, 1, 4500, &[0; 18]), 0).is_some());
-        assert!(FlowCacheKey::of_plain_raw(&synth::tcp(a, b, x, y, 1, 443, &[0x17, 3, 3]), 0).is_some());
-        for hinted in [
-            synth::udp(a, b, x, y, 1, 53, &synth::dns_query("a.example")),
-            synth::tcp(a, b, x, y, 1, 53, b""),
-            synth::tcp(a, b, x, y, 1, 443, &synth::client_hello("a.example")),
-            synth::tcp(a, b, x, y, 1, 80, &synth::http_get("a.example", "/")),
-            synth::tcp(a, b, x, y, 1, 8080, b"Garbage that might be a method"),
-        ] {
-            assert!(FlowCacheKey::of_plain_raw(&hinted, 0).is_none());
-        }
+        assert_eq!(hint(&plain), Some(false));
+        assert_eq!(hint(&synth::udp(a, b, x, y, 1, 4500, &[0; 18])), Some(false));
+        assert_eq!(hint(&synth::udp(a, b, x, y, 1, 53, &synth::dns_query("a.example"))), Some(true));
+        assert_eq!(hint(&synth::tcp(a, b, x, y, 1, 53, &synth::dns_query_tcp("a.example"))), Some(true));
+        assert_eq!(hint(&synth::tcp(a, b, x, y, 1, 443, &synth::client_hello("a.example"))), Some(true));
+        assert_eq!(hint(&synth::tcp(a, b, x, y, 1, 80, &synth::http_get("a.example", "/"))), Some(true));
         // An IPv4 total length past the frame: parse_frame refuses it, so must this.
         let mut broken = plain.clone();
         broken[17] = broken[17].wrapping_add(1);
         assert!(parse_frame(&broken).is_err());
-        assert!(FlowCacheKey::of_plain_raw(&broken, 0).is_none());
+        assert!(FlowCacheKey::of_raw_parts(&broken, 0).is_none());
     }
 
     proptest::proptest! {
-        /// Any bytes shaped like the common frame: a plain raw key means the
-        /// frame parses, has no hint, and has that key.
+        /// Any bytes shaped like the common frame: raw parts mean the frame
+        /// parses, with that key and that hint.
         #[test]
-        fn a_plain_raw_key_implies_the_parse(
+        fn raw_parts_imply_the_parse(
             mut f in proptest::collection::vec(proptest::prelude::any::<u8>(), 34..90),
             tcp in proptest::prelude::any::<bool>(),
             total in 0u16..80,
             first in proptest::prelude::any::<u8>(),
             offset in 0u8..16,
             udp_len in 0u16..60,
+            dns in proptest::prelude::any::<bool>(),
         ) {
             f[12] = 8; f[13] = 0; f[14] = 0x45; f[20] &= 0xe0; f[21] = 0;
             f[23] = if tcp { 6 } else { 17 };
@@ -502,11 +512,12 @@ mod tests {
             if f.len() > 46 { f[46] = offset << 4; }
             if f.len() > 39 && !tcp { f[38..40].copy_from_slice(&udp_len.to_be_bytes()); }
             if f.len() > 54 { f[54] = first; }
-            if let Some(k) = FlowCacheKey::of_plain_raw(&f, 1) {
+            if dns && f.len() > 37 { f[36] = 0; f[37] = 53; }
+            if let Some((k, l4)) = FlowCacheKey::of_raw_parts(&f, 1) {
                 let pf = parse_frame(&f);
                 proptest::prop_assert!(pf.is_ok(), "{:?}", pf);
                 let pf = pf.unwrap();
-                proptest::prop_assert!(pf.app.is_none());
+                proptest::prop_assert_eq!(pf.app, l4.app_hint());
                 proptest::prop_assert_eq!(FlowCacheKey::of(&pf, 1), Some(k));
             }
         }

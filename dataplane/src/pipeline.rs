@@ -16,7 +16,7 @@ use crate::counters::{bump, WorkerCounters};
 use crate::enforce::{EnforcementConfig, Enforcer, MalformedAction, PortContext};
 use crate::events::{EventGate, EventSender};
 use crate::flow_cache::{FlowCache, FlowCacheKey, Hit};
-use crate::parse::{parse_frame, Malformed};
+use crate::parse::{parse_frame, AppHint, Malformed};
 use crate::seen_macs::{SeenMac, SeenMacs, SeenMacsFlusher};
 use crate::verdict::{DropReason, Verdict};
 use hbgw_shared::epoch::StateEpoch;
@@ -155,16 +155,22 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
     // Read before any state: a verdict computed now is tagged with this
     // count, and any write during the computation makes the tag stale.
     let epoch = ctx.epoch.current();
-    // The common frame (untagged IPv4 TCP/UDP that provably parses and
-    // carries no application hint) is looked up from its bytes: a hit needs
-    // no parse at all.
+    // The common frame (untagged IPv4 TCP/UDP whose lengths provably parse)
+    // is looked up from its bytes: a hit needs no parse of its headers, only
+    // of its application data, if it has any.
     let mut pending = None;
+    let mut decide_in_full = false;
     if let Some(flows) = ctx.flows.as_mut().filter(|f| f.active()) {
-        if let Some(key) = FlowCacheKey::of_plain_raw(frame, ingress_slot) {
+        if let Some((key, l4)) = FlowCacheKey::of_raw_parts(frame, ingress_slot) {
             match flows.lookup(&key, epoch, ctx.seen.period()) {
                 Ok(hit) => {
-                    let src_mac = [frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]];
-                    return cached(ctx, hit, src_mac, ingress_slot, config_tap);
+                    let app = l4.app_hint();
+                    if reuse(ctx, &hit, app) {
+                        let src_mac = [frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]];
+                        return cached(ctx, hit, src_mac, ingress_slot, config_tap);
+                    }
+                    // The hint matched an indicator: decided (and logged) in full.
+                    decide_in_full = true;
                 }
                 Err(miss) => pending = Some((key, miss)),
             }
@@ -189,16 +195,10 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
     };
     let key = match (&mut ctx.flows, pending) {
         (_, Some(pending)) => Some(pending),
-        (Some(flows), None) if flows.active() => match FlowCacheKey::of(pf, ingress_slot) {
+        (Some(flows), None) if flows.active() && !decide_in_full => match FlowCacheKey::of(pf, ingress_slot) {
             Some(key) => match flows.lookup(&key, epoch, ctx.seen.period()) {
                 Ok(hit) => {
-                    // A hint is checked against the indicators first, as the
-                    // decide stage would; only if that finds nothing to log
-                    // is the flow's verdict the frame's (a punt comes first).
-                    let reuse = pf.app.is_none()
-                        || hit.verdict == Verdict::Punt
-                        || ctx.enforcer.app_hint_is_silent(pf, ctx.view.refresh().indicators);
-                    if reuse {
+                    if reuse(ctx, &hit, pf.app) {
                         return cached(ctx, hit, pf.src_mac, ingress_slot, config_tap);
                     }
                     None
@@ -232,6 +232,15 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
         Verdict::Drop(reason) => tap(ctx, config_tap, ingress_slot, reason),
         v => v,
     }
+}
+
+/// Whether a frame of a flow with a cached verdict takes that verdict: its
+/// application hint, if any, is checked against the indicators first, as the
+/// decide stage would, and only if that finds nothing to log is the flow's
+/// verdict the frame's (a punt comes before any indicator).
+#[inline(always)]
+fn reuse(ctx: &mut Enforcing, hit: &Hit, app: Option<AppHint<'_>>) -> bool {
+    app.is_none() || hit.verdict == Verdict::Punt || ctx.enforcer.app_hint_is_silent(app, ctx.view.refresh().indicators)
 }
 
 /// A frame that takes its flow's cached verdict: its source MAC is still

@@ -200,11 +200,23 @@ pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame<'_>, Malformed> {
 /// At most one application parser per frame, chosen by port or first byte.
 fn app_hint<'a>(transport: &Transport<'a>) -> Option<AppHint<'a>> {
     match transport {
-        Transport::Udp(u) if u.dst_port == dns::PORT => dns::parse_query(u.payload).ok().map(AppHint::DnsQuery),
-        Transport::Tcp(t) if t.dst_port == dns::PORT => dns::parse_tcp_query(t.payload).ok().map(AppHint::DnsQuery),
-        Transport::Tcp(t) => match t.payload.first()? {
-            &tls::CONTENT_HANDSHAKE => tls::parse_client_hello_sni(t.payload).ok().map(AppHint::TlsSni),
-            b if b.is_ascii_alphabetic() => http::parse_request(t.payload).ok().map(AppHint::HttpRequest),
+        Transport::Udp(u) => app_hint_of(PROTO_UDP, u.dst_port, u.payload),
+        Transport::Tcp(t) => app_hint_of(PROTO_TCP, t.dst_port, t.payload),
+        _ => None,
+    }
+}
+
+/// The application hint of a TCP or UDP `payload` to `dst_port`, as
+/// [`parse_frame`] finds it (also used by the flow cache, which reads these
+/// three from a frame's bytes without parsing the rest).
+#[inline]
+pub fn app_hint_of(protocol: u8, dst_port: u16, payload: &[u8]) -> Option<AppHint<'_>> {
+    match protocol {
+        PROTO_UDP if dst_port == dns::PORT => dns::parse_query(payload).ok().map(AppHint::DnsQuery),
+        PROTO_TCP if dst_port == dns::PORT => dns::parse_tcp_query(payload).ok().map(AppHint::DnsQuery),
+        PROTO_TCP => match payload.first()? {
+            &tls::CONTENT_HANDSHAKE => tls::parse_client_hello_sni(payload).ok().map(AppHint::TlsSni),
+            b if b.is_ascii_alphabetic() => http::parse_request(payload).ok().map(AppHint::HttpRequest),
             _ => None,
         },
         _ => None,

@@ -38,7 +38,7 @@ pub mod tcp;
 pub mod tls;
 pub mod udp;
 
-pub use frame::{parse_frame, AppHint, Network, ParsedFrame, Transport};
+pub use frame::{app_hint_of, parse_frame, AppHint, Network, ParsedFrame, Transport};
 
 /// Why a frame's L2–L4 headers could not be parsed. Counted per reason by the
 /// worker, like [`crate::verdict::DropReason`].
