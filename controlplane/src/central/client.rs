@@ -534,6 +534,7 @@ impl Ctx {
 async fn sync_loop(ctx: Arc<Ctx>) {
     let mut backoff = Backoff::new();
     let mut force_snapshot = false;
+    let mut synced_once = false;
     let wait = ctx.config.wait_s.clamp(1, super::protocol::MAX_WAIT_S);
     loop {
         let identity = match ctx.identity().await {
@@ -546,7 +547,11 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             }
         };
         let since = if force_snapshot { 0 } else { lock(&ctx.synced).revision };
-        let path = format!("/v1/sync?since={since}&wait={wait}&v={}", super::protocol::SYNC_VERSION);
+        // Once an answer is applied the gateway holds its revision, even 0:
+        // Central is told so, and waits instead of sending an empty snapshot
+        // at once (a tight loop while both are at revision 0).
+        let held = if synced_once && !force_snapshot { "&synced=1" } else { "" };
+        let path = format!("/v1/sync?since={since}&wait={wait}&v={}{held}", super::protocol::SYNC_VERSION);
         let answer = ctx
             .client
             .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
@@ -569,6 +574,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             Ok(Ok(_)) => {
                 backoff.reset();
                 force_snapshot = false;
+                synced_once = true;
                 maybe_compact(&ctx);
             }
             Ok(Err(UpdateError::Gap { have, next })) => {
