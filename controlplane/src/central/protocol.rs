@@ -17,7 +17,7 @@ use hbgw_shared::policy::{CompiledPolicy, Policy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -783,7 +783,9 @@ impl SyncedState {
         changes: &[ValidChange],
         settings: Option<&ThreatFeedSettings>,
         exclusions: Option<&[String]>,
+        limit: usize,
     ) -> Result<IndicatorOverlay, UpdateError> {
+        let t0 = std::time::Instant::now();
         let book = &self.book;
         let mut o = book.overlay.clone();
         if let Some(s) = settings {
@@ -792,47 +794,70 @@ impl SyncedState {
         if let Some(x) = exclusions {
             o = o.with_exclusion_set(Arc::new(ExclusionSet::compile(&check_exclusions(x)?).map_err(|e| bad(e.to_string()))?));
         }
-        // What this update touches, by audit ID: (order, the indicator now).
-        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>)> = FxHashMap::default();
+        // What this update touches, by audit ID: (order, the indicator now,
+        // whether the model had it before).
+        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>, bool)> = FxHashMap::default();
         let mut seq = book.seq;
         let mut hides = Hides::new();
         let mut any = false;
         for (audit, now) in touches(changes) {
             any = true;
-            if !mine.contains_key(audit) {
-                // First touch in this update: hide the record in force, in
-                // the base if untouched since it was built, else in the
-                // newest layer that has it.
-                if let Some(old) = self.indicators.get(audit) {
-                    let found = if book.touched.contains_key(audit) {
-                        (1..=o.layers().len()).rev().find_map(|level| {
-                            let h = &hides;
-                            let rec = o.level(level).find_record(&old.kind, audit, &old.feed, |r| !o.hidden(level, r) && !h.contains(level, r))?;
-                            Some((level, rec))
-                        })
-                    } else {
+            seq += 1;
+            if let Some(m) = mine.get_mut(audit) {
+                (m.0, m.1) = (seq, now);
+                continue;
+            }
+            // First touch in this update: hide the record in force, in the
+            // base if untouched since it was built, else in the newest
+            // layer that has it.
+            let old = self.indicators.get(audit);
+            mine.insert(audit, (seq, now, old.is_some()));
+            if let Some(old) = old {
+                let found = if book.touched.contains_key(audit) {
+                    (1..=o.layers().len()).rev().find_map(|level| {
                         let h = &hides;
-                        o.base().find_record(&old.kind, audit, &old.feed, |r| !o.hidden(0, r) && !h.contains(0, r)).map(|r| (0, r))
-                    };
-                    if let Some((level, rec)) = found {
-                        hides.insert(level, rec);
-                    }
+                        let rec = o.level(level).find_record(&old.kind, audit, &old.feed, |r| !o.hidden(level, r) && !h.contains(level, r))?;
+                        Some((level, rec))
+                    })
+                } else {
+                    let h = &hides;
+                    o.base().find_record(&old.kind, audit, &old.feed, |r| !o.hidden(0, r) && !h.contains(0, r)).map(|r| (0, r))
+                };
+                if let Some((level, rec)) = found {
+                    hides.insert(level, rec);
                 }
             }
-            seq += 1;
-            mine.insert(audit, (seq, now));
         }
         if !any {
             return Ok(o);
         }
-        let mut live: Vec<(u64, &str, &HeldIndicator)> = mine.iter().filter_map(|(a, (seq, now))| Some((*seq, *a, (*now)?))).collect();
+        let t_hides = t0.elapsed();
+        let new = mine.values().filter(|(_, now, had)| now.is_some() && !had).count();
+        let gone = mine.values().filter(|(_, now, had)| now.is_none() && *had).count();
+        let count = self.indicators.len() + new - gone;
+        if count > limit {
+            return Err(bad(format!(
+                "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
+            )));
+        }
+        let mut live: Vec<(u64, &str, &HeldIndicator)> = mine.iter().filter_map(|(a, (seq, now, _))| Some((*seq, *a, (*now)?))).collect();
         live.sort_unstable_by_key(|(seq, _, _)| *seq);
         let mut b = IndicatorSetBuilder::with_capacity(live.len());
         for (_, audit, h) in live {
             b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
         }
+        let set = b.build(o.settings());
+        let t_compiled = t0.elapsed();
         let frozen = book.mark.as_ref().map_or(0, |m| m.layers);
-        o.push_layer(b.build(o.settings()), hides, frozen).map_err(|e| bad(e.to_string()))
+        let next = o.push_layer(set, hides, frozen).map_err(|e| bad(e.to_string()))?;
+        tracing::debug!(
+            "indicator layer: {} touched, hides found at {t_hides:?}, compiled at {t_compiled:?}, pushed at {:?} ({} layers, top {} records)",
+            mine.len(),
+            t0.elapsed(),
+            next.layers().len(),
+            next.layers().last().map_or(0, |l| l.set().len())
+        );
+        Ok(next)
     }
 
     /// Validates and compiles an answer from Central against this state,
@@ -856,13 +881,12 @@ impl SyncedState {
                 next: Pending::Whole(Box::new(next)),
             });
         }
+        let t_validate = std::time::Instant::now();
         let changes = answer.changes.as_deref().unwrap_or_default();
         let mut expect = self.revision;
         let mut valid = Vec::with_capacity(changes.len());
         let mut names = FeedNames::default();
         // What the indicator map will look like, without copying it.
-        let mut added: FxHashSet<&str> = FxHashSet::default();
-        let mut removed: FxHashSet<&str> = FxHashSet::default();
         let mut policy_text: Option<&str> = None;
         let mut settings: Option<&ThreatFeedSettings> = None;
         let mut exclusions: Option<&[String]> = None;
@@ -881,8 +905,6 @@ impl SyncedState {
             };
             let mut add = |value: &str, audit: &'a str, feed: &str, batch: &mut Vec<(Box<str>, HeldIndicator)>| {
                 let kind = check_indicator_parts(value, audit, feed).map_err(at)?;
-                removed.remove(audit);
-                added.insert(audit);
                 batch.push((Box::from(audit), HeldIndicator { kind, feed: names.get(feed) }));
                 Ok::<_, UpdateError>(())
             };
@@ -905,10 +927,6 @@ impl SyncedState {
                     valid.push(ValidChange::Add(batch));
                 }
                 Change::IndicatorsRemove { audit_ids } => {
-                    for a in audit_ids {
-                        added.remove(a.as_str());
-                        removed.insert(a.as_str());
-                    }
                     indicators_touched = true;
                     valid.push(ValidChange::Remove(audit_ids.clone()));
                 }
@@ -950,17 +968,10 @@ impl SyncedState {
         if answer.revision != expect {
             return Err(UpdateError::Gap { have: expect, next: answer.revision });
         }
+        tracing::debug!("sync answer validated in {:?}", t_validate.elapsed());
         let policy = policy_text.map(check_policy).transpose()?.map(|(_, c)| Some(c));
         let book = if indicators_touched || settings.is_some() || exclusions.is_some() {
-            let gone = removed.iter().filter(|a| self.indicators.contains_key(**a)).count();
-            let new = added.iter().filter(|a| !self.indicators.contains_key(**a)).count();
-            let count = self.indicators.len() + new - gone;
-            if count > limit {
-                return Err(bad(format!(
-                    "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
-                )));
-            }
-            Some(self.incremental(&valid, settings, exclusions)?)
+            Some(self.incremental(&valid, settings, exclusions, limit)?)
         } else {
             None
         };
