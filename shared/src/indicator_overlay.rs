@@ -306,7 +306,7 @@ impl IndicatorOverlay {
         let mut found: Option<(usize, u32, usize)> = None;
         for level in 0..=self.layers.len() {
             if let Some((rec, len)) = best(self.level(level), level) {
-                if found.is_none_or(|(_, _, l)| len >= l) {
+                if found.map_or(true, |(_, _, l)| len >= l) {
                     found = Some((level, rec, len));
                 }
             }
