@@ -278,6 +278,10 @@ fn main() {
     let mut c = central_ms.clone();
     c.sort_by(|a, b| a.total_cmp(b));
     println!("of which the admin POST at Central (validated, committed, answered): p50 {:.1} ms, max {:.1} ms", percentile(&c, 0.5), c[c.len() - 1]);
+    if mode == "batch" {
+        let each: Vec<String> = lat_ms.iter().map(|v| format!("{v:.0}")).collect();
+        println!("posted -> first drop by round (ms): {}", each.join(" "));
+    }
     let mut sorted = lat_ms.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     println!(

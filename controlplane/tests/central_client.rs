@@ -208,3 +208,45 @@ async fn a_refused_update_is_reported_to_central_at_once() {
     assert_eq!(st().revision, 1);
     client.finish();
 }
+
+/// A gateway and a Central both at revision 0 (nothing posted yet): after
+/// the first (empty) snapshot the gateway long-polls like at any other
+/// revision instead of asking for an empty snapshot again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_at_revision_zero_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let central = TestCentral::start(d, 100).await;
+    let enroll = central.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
+    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
+    cfg.enrollment_token = Some(enroll);
+    cfg.wait_s = 2;
+    let start = load_start(&cfg).unwrap();
+    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
+    let status = Arc::new(Mutex::new(CentralStatus::default()));
+    let client = CentralClient::start(
+        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
+        state.clone(),
+        Box::new(|| serde_json::json!({})),
+    )
+    .unwrap();
+    let st = || status.lock().unwrap().clone();
+    // The first contact is answered at once (an empty snapshot).
+    wait_until("connected", Duration::from_secs(15), || st().state == "connected").await;
+    let first = st();
+    assert_eq!((first.revision, first.snapshots, first.updates_applied), (0, 1, 1), "{first:?}");
+    // Idle for longer than one long poll: at most the poll timing out, no
+    // snapshot after snapshot (the bug: hundreds per second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let idle = st();
+    assert_eq!((idle.snapshots, idle.updates_applied), (1, 1), "{idle:?}");
+    // The first change still arrives at once, not after the poll's wait.
+    let t = Instant::now();
+    central.call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.7","audit_id":"Z1"}]}"#).await;
+    wait_until("indicator", Duration::from_secs(15), || state.indicators().match_ip(ip("203.0.113.7")).drops()).await;
+    assert!(t.elapsed() < Duration::from_millis(1500), "the change took {:?}", t.elapsed());
+    // (From revision 0 the first change comes as a snapshot of revision 1.)
+    let after = st();
+    assert_eq!((after.revision, after.snapshots, after.updates_applied), (1, 2, 2), "{after:?}");
+    client.finish();
+}

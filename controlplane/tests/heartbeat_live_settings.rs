@@ -51,6 +51,41 @@ async fn new_sessions_get_the_new_interval_and_missed_limit() {
     assert_eq!(gw.service.report().interval_secs, 0.3, "a refused change changes nothing");
 }
 
+/// A session opened before the change follows it: a new `welcome` with
+/// the new interval, the endpoint list every two new intervals, and its
+/// idle limit from the new settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sessions_follow_changed_settings() {
+    let gw = start(3, |_| {}).await;
+    let (mut c0, interval) = welcome(&gw.service, &gw.pki, 0).await;
+    assert_eq!(interval, 15_000);
+    // A change of the missed limit alone tells the endpoint nothing.
+    gw.service.set_settings(Duration::from_secs(15), 5, None).unwrap();
+    gw.service.set_settings(Duration::from_millis(400), 2, None).unwrap();
+    let t = std::time::Instant::now();
+    let mut welcomes = Vec::new();
+    let mut lists = 0;
+    // Until the second endpoint list after the new welcome (the period was 30 s).
+    while lists < 2 {
+        assert!(t.elapsed() < Duration::from_secs(4), "welcomes {welcomes:?}, lists {lists} after {:?}", t.elapsed());
+        match recv(&mut c0).await {
+            GatewayMessage::Welcome { heartbeat_interval_ms, endpoint_id, .. } => {
+                welcomes.push(heartbeat_interval_ms);
+                assert_eq!(endpoint_id, gw.pki.endpoints[0].fingerprint.endpoint_id().0);
+            }
+            GatewayMessage::EndpointList { .. } if !welcomes.is_empty() => lists += 1,
+            _ => {}
+        }
+        // Keep the session up meanwhile (heartbeats at the new interval).
+        c0.send(hbgw_controlplane::heartbeat::protocol::EndpointMessage::Heartbeat { health: ReportedHealth::Green }).await.unwrap();
+    }
+    assert_eq!(welcomes, [400], "one new welcome, with the new interval");
+    // Silent now: closed after (2 + 1) x 400 ms, not after (5 + 1) x 15 s.
+    let t = std::time::Instant::now();
+    assert_eq!(expect_closed(&mut c0).await.as_deref(), Some("idle_timeout"));
+    assert!(t.elapsed() < Duration::from_secs(3), "closed after {:?}", t.elapsed());
+}
+
 fn client(cfg: CentralSection, service: Arc<HeartbeatService>) -> (CentralClient, Arc<Mutex<CentralStatus>>) {
     let start = load_start(&cfg).unwrap();
     let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());

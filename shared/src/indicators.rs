@@ -1351,8 +1351,9 @@ impl IndicatorSet {
         keys
     }
 
-    /// Adds this set's records that `keep` keeps to `b`, in their order.
-    fn add_records_to(&self, b: &mut IndicatorSetBuilder, keep: impl Fn(u32) -> bool) -> Result<(), IndicatorError> {
+    /// Adds this set's records that `keep` keeps to `b`, in their order
+    /// (what merging sets, or compacting an overlay, is made of).
+    pub fn add_records_to(&self, b: &mut IndicatorSetBuilder, keep: impl Fn(u32) -> bool) -> Result<(), IndicatorError> {
         let ix = &*self.index;
         for (rec, key) in self.stored_keys().into_iter().enumerate() {
             let (Some(key), true) = (key, keep(rec as u32)) else { continue };

@@ -534,6 +534,7 @@ impl Ctx {
 async fn sync_loop(ctx: Arc<Ctx>) {
     let mut backoff = Backoff::new();
     let mut force_snapshot = false;
+    let mut synced_once = false;
     let wait = ctx.config.wait_s.clamp(1, super::protocol::MAX_WAIT_S);
     loop {
         let identity = match ctx.identity().await {
@@ -546,7 +547,11 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             }
         };
         let since = if force_snapshot { 0 } else { lock(&ctx.synced).revision };
-        let path = format!("/v1/sync?since={since}&wait={wait}&v={}", super::protocol::SYNC_VERSION);
+        // Once an answer is applied the gateway holds its revision, even 0:
+        // Central is told so, and waits instead of sending an empty snapshot
+        // at once (a tight loop while both are at revision 0).
+        let held = if synced_once && !force_snapshot { "&synced=1" } else { "" };
+        let path = format!("/v1/sync?since={since}&wait={wait}&v={}{held}", super::protocol::SYNC_VERSION);
         let answer = ctx
             .client
             .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
@@ -569,6 +574,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             Ok(Ok(_)) => {
                 backoff.reset();
                 force_snapshot = false;
+                synced_once = true;
                 maybe_compact(&ctx);
             }
             Ok(Err(UpdateError::Gap { have, next })) => {
@@ -595,14 +601,16 @@ async fn sync_loop(ctx: Arc<Ctx>) {
     }
 }
 
-/// Indicators changed since the base was built beyond which the delta is
-/// folded into a new base (each update compiles the whole delta).
+/// Indicators changed since the base was built beyond which the layers are
+/// folded into a new base (each update compiles only its own batch into a
+/// layer, but past [`hbgw_shared::indicator_overlay::MAX_LAYERS`] the newest
+/// layers are merged, and each layer costs every lookup a little).
 pub const COMPACT_AFTER: usize = 20_000;
 
-/// Starts folding the delta into a new base on a blocking thread when it
+/// Starts folding the layers into a new base on a blocking thread when it
 /// has grown past [`COMPACT_AFTER`] (one compaction at a time). The new base
-/// is published only if no update came in while it was built; otherwise
-/// the next update tries again.
+/// is published under the layers of the updates that came in while it was
+/// built (see `SyncedState::install_compacted`).
 fn maybe_compact(ctx: &Arc<Ctx>) {
     if ctx.compacting.swap(true, Ordering::AcqRel) {
         return;
@@ -619,7 +627,7 @@ fn maybe_compact(ctx: &Arc<Ctx>) {
     let c = ctx.clone();
     // A thread of its own. Not at a lowered priority: on a loaded machine
     // it then starves (8.7 s instead of 0.5 s for 1.5M indicators, measured)
-    // and every update meanwhile compiles a growing delta.
+    // and updates meanwhile pile up in layers (merged past the bound).
     let spawned = std::thread::Builder::new().name("hbgw-compact".into()).spawn(move || {
         let t = std::time::Instant::now();
         match overlay.compacted() {

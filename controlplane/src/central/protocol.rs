@@ -9,7 +9,7 @@
 //! client's job, with the compiled result) and never panic on input.
 
 use crate::heartbeat::CertFingerprint;
-use hbgw_shared::indicator_overlay::{IndicatorOverlay, Tombstones};
+use hbgw_shared::indicator_overlay::{Hides, IndicatorOverlay};
 use hbgw_shared::indicators::{
     ExclusionSet, IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
 };
@@ -17,7 +17,7 @@ use hbgw_shared::policy::{CompiledPolicy, Policy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -474,16 +474,15 @@ pub struct HeldCert {
 /// Central indicators touched since the base set was built.
 #[derive(Debug, Clone)]
 struct Touch {
-    /// Order of the last touch (the delta is built in this order).
+    /// Order of the last touch.
     seq: u64,
-    /// The indicator now; `None`: removed.
-    now: Option<HeldIndicator>,
 }
 
 /// The compiled indicators in force and what it takes to change them
-/// without rebuilding the base: the base set (built from the whole model),
-/// the audit IDs touched since (their base records are tombstoned) and the
-/// overlay last published.
+/// without rebuilding the base: the overlay last published (the base set,
+/// built from the whole model, and a layer per update since), and the audit
+/// IDs touched since the base was built (their record in force is in a
+/// layer, not in the base).
 #[derive(Debug, Clone, Default)]
 pub struct IndicatorBook {
     overlay: IndicatorOverlay,
@@ -502,6 +501,8 @@ pub struct IndicatorBook {
 struct CompactionMark {
     generation: u64,
     seq: u64,
+    /// The layers the compaction folds (the oldest; no update merges into them).
+    layers: usize,
     before: FxHashMap<Box<str>, Option<HeldIndicator>>,
 }
 
@@ -523,9 +524,9 @@ impl IndicatorBook {
     fn record(&mut self, changes: &[ValidChange], overlay: IndicatorOverlay) {
         self.overlay = overlay;
         self.generation += 1;
-        for (audit, now) in touches(changes) {
+        for (audit, _) in touches(changes) {
             self.seq += 1;
-            let t = Touch { seq: self.seq, now: now.cloned() };
+            let t = Touch { seq: self.seq };
             match self.touched.get_mut(audit) {
                 Some(old) => *old = t,
                 None => {
@@ -543,7 +544,12 @@ impl IndicatorBook {
     /// Notes that a compaction of this book's overlay starts now; returns
     /// its generation (give it to [`SyncedState::install_compacted`]).
     pub fn mark(&mut self) -> u64 {
-        self.mark = Some(CompactionMark { generation: self.generation, seq: self.seq, before: FxHashMap::default() });
+        self.mark = Some(CompactionMark {
+            generation: self.generation,
+            seq: self.seq,
+            layers: self.overlay.layers().len(),
+            before: FxHashMap::default(),
+        });
         self.generation
     }
 
@@ -552,7 +558,7 @@ impl IndicatorBook {
         &self.overlay
     }
 
-    /// Audit IDs changed since the base was built (the delta's size).
+    /// Audit IDs changed since the base was built.
     pub fn touched(&self) -> usize {
         self.touched.len()
     }
@@ -738,12 +744,11 @@ impl SyncedState {
     }
 
     /// Makes `built` the new base: `built` is `book.overlay().compacted()`
-    /// of the book [`IndicatorBook::mark`]ed at `generation`. Changes that
-    /// came in since are laid over it again (their audit IDs' records in
-    /// `built` tombstoned, the delta rebuilt from what they touched: only
-    /// those changes are compiled). `None` when the book was replaced since
-    /// (a snapshot or a rebuild): `built` is stale. Returns the overlay to
-    /// publish.
+    /// of the book [`IndicatorBook::mark`]ed at `generation`. The layers of
+    /// the changes that came in since stay as they are, on top of it (the
+    /// records of `built` those changes replaced or removed hidden): nothing
+    /// is recompiled. `None` when the book was replaced since (a snapshot or
+    /// a rebuild): `built` is stale. Returns the overlay to publish.
     pub fn install_compacted(&mut self, generation: u64, built: IndicatorSet) -> Option<&IndicatorOverlay> {
         if self.book.generation == generation {
             let mut book = IndicatorBook::from_set(built, generation);
@@ -752,85 +757,107 @@ impl SyncedState {
             return Some(&self.book.overlay);
         }
         let mark = self.book.mark.take().filter(|m| m.generation == generation)?;
-        let current = &self.book.overlay;
-        let base = built.with_settings(current.settings()).with_exclusion_set(current.base().exclusion_set());
-        let mut tombstones = Tombstones::new();
+        let mut hides = Hides::new();
         for (audit, before) in &mark.before {
             if let Some(old) = before {
-                let t = &tombstones;
-                if let Some(rec) = base.find_record(&old.kind, audit, &old.feed, |r| !t.contains(r)) {
-                    tombstones.insert(rec);
+                let h = &hides;
+                if let Some(rec) = built.find_record(&old.kind, audit, &old.feed, |r| !h.contains(0, r)) {
+                    hides.insert(0, rec);
                 }
             }
         }
-        let touched: FxHashMap<Box<str>, Touch> =
-            self.book.touched.iter().filter(|(_, t)| t.seq > mark.seq).map(|(a, t)| (a.clone(), t.clone())).collect();
-        let mut live: Vec<(u64, &str, &HeldIndicator)> =
-            touched.iter().filter_map(|(a, t)| Some((t.seq, &**a, t.now.as_ref()?))).collect();
-        live.sort_unstable_by_key(|(seq, _, _)| *seq);
-        let mut b = IndicatorSetBuilder::with_capacity(live.len());
-        for (_, audit, h) in live {
-            // Validated when it came in; cannot fail but for size limits.
-            b.add_parts(&h.kind, audit, &h.feed).ok()?;
-        }
-        let delta = b.build(base.settings());
-        self.book.overlay = IndicatorOverlay::new(base, &delta, Arc::new(tombstones));
-        self.book.touched = touched;
+        self.book.overlay = self.book.overlay.rebase(built, hides, mark.layers);
+        self.book.touched.retain(|_, t| t.seq > mark.seq);
         self.book.generation += 1;
         Some(&self.book.overlay)
     }
 
     /// The overlay after `changes` (validated, in order) touched the
-    /// indicators, with new `settings` or `exclusions` if given. Compiles
-    /// only the indicators touched since the base was built, and copies
-    /// nothing of the book: what the changes touch is recorded in the book
-    /// at commit ([`IndicatorBook::record`]).
+    /// indicators, with new `settings` or `exclusions` if given: the
+    /// current one with one more layer holding only what `changes` leave in
+    /// force (compiled here), hiding the records they replace or remove.
+    /// Copies nothing of the book: what the changes touch is recorded in the
+    /// book at commit ([`IndicatorBook::record`]).
     fn incremental(
         &self,
         changes: &[ValidChange],
         settings: Option<&ThreatFeedSettings>,
         exclusions: Option<&[String]>,
+        limit: usize,
     ) -> Result<IndicatorOverlay, UpdateError> {
+        let t0 = std::time::Instant::now();
         let book = &self.book;
-        let mut base = book.overlay.base().clone();
+        let mut o = book.overlay.clone();
         if let Some(s) = settings {
-            base = base.with_settings(s);
+            o = o.with_settings(s);
         }
         if let Some(x) = exclusions {
-            base = base.with_exclusion_set(Arc::new(ExclusionSet::compile(&check_exclusions(x)?).map_err(|e| bad(e.to_string()))?));
+            o = o.with_exclusion_set(Arc::new(ExclusionSet::compile(&check_exclusions(x)?).map_err(|e| bad(e.to_string()))?));
         }
-        let mut tombstones = Arc::clone(book.overlay.tombstones());
-        // What this update touches, by audit ID: (order, the indicator now).
-        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>)> = FxHashMap::default();
+        // What this update touches, by audit ID: (order, the indicator now,
+        // whether the model had it before).
+        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>, bool)> = FxHashMap::default();
         let mut seq = book.seq;
+        let mut hides = Hides::new();
+        let mut any = false;
         for (audit, now) in touches(changes) {
-            if !book.touched.contains_key(audit) && !mine.contains_key(audit) {
-                // First change since the base was built: the model's value
-                // is the base's; hide its record.
-                if let Some(old) = self.indicators.get(audit) {
-                    let t = Arc::make_mut(&mut tombstones);
-                    if let Some(rec) = base.find_record(&old.kind, audit, &old.feed, |r| !t.contains(r)) {
-                        t.insert(rec);
-                    }
+            any = true;
+            seq += 1;
+            if let Some(m) = mine.get_mut(audit) {
+                (m.0, m.1) = (seq, now);
+                continue;
+            }
+            // First touch in this update: hide the record in force, in the
+            // base if untouched since it was built, else in the newest
+            // layer that has it.
+            let old = self.indicators.get(audit);
+            mine.insert(audit, (seq, now, old.is_some()));
+            if let Some(old) = old {
+                let found = if book.touched.contains_key(audit) {
+                    (1..=o.layers().len()).rev().find_map(|level| {
+                        let h = &hides;
+                        let rec = o.level(level).find_record(&old.kind, audit, &old.feed, |r| !o.hidden(level, r) && !h.contains(level, r))?;
+                        Some((level, rec))
+                    })
+                } else {
+                    let h = &hides;
+                    o.base().find_record(&old.kind, audit, &old.feed, |r| !o.hidden(0, r) && !h.contains(0, r)).map(|r| (0, r))
+                };
+                if let Some((level, rec)) = found {
+                    hides.insert(level, rec);
                 }
             }
-            seq += 1;
-            mine.insert(audit, (seq, now));
         }
-        let mut live: Vec<(u64, &str, &HeldIndicator)> = book
-            .touched
-            .iter()
-            .filter(|(a, _)| !mine.contains_key(&***a))
-            .filter_map(|(a, t)| Some((t.seq, &**a, t.now.as_ref()?)))
-            .chain(mine.iter().filter_map(|(a, (seq, now))| Some((*seq, *a, (*now)?))))
-            .collect();
+        if !any {
+            return Ok(o);
+        }
+        let t_hides = t0.elapsed();
+        let new = mine.values().filter(|(_, now, had)| now.is_some() && !had).count();
+        let gone = mine.values().filter(|(_, now, had)| now.is_none() && *had).count();
+        let count = self.indicators.len() + new - gone;
+        if count > limit {
+            return Err(bad(format!(
+                "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
+            )));
+        }
+        let mut live: Vec<(u64, &str, &HeldIndicator)> = mine.iter().filter_map(|(a, (seq, now, _))| Some((*seq, *a, (*now)?))).collect();
         live.sort_unstable_by_key(|(seq, _, _)| *seq);
         let mut b = IndicatorSetBuilder::with_capacity(live.len());
         for (_, audit, h) in live {
             b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
         }
-        let delta = b.build(base.settings());
-        Ok(IndicatorOverlay::new(base, &delta, tombstones))
+        let set = b.build(o.settings());
+        let t_compiled = t0.elapsed();
+        let frozen = book.mark.as_ref().map_or(0, |m| m.layers);
+        let next = o.push_layer(set, hides, frozen).map_err(|e| bad(e.to_string()))?;
+        tracing::debug!(
+            "indicator layer: {} touched, hides found at {t_hides:?}, compiled at {t_compiled:?}, pushed at {:?} ({} layers, top {} records)",
+            mine.len(),
+            t0.elapsed(),
+            next.layers().len(),
+            next.layers().last().map_or(0, |l| l.set().len())
+        );
+        Ok(next)
     }
 
     /// Validates and compiles an answer from Central against this state,
@@ -854,13 +881,12 @@ impl SyncedState {
                 next: Pending::Whole(Box::new(next)),
             });
         }
+        let t_validate = std::time::Instant::now();
         let changes = answer.changes.as_deref().unwrap_or_default();
         let mut expect = self.revision;
         let mut valid = Vec::with_capacity(changes.len());
         let mut names = FeedNames::default();
         // What the indicator map will look like, without copying it.
-        let mut added: FxHashSet<&str> = FxHashSet::default();
-        let mut removed: FxHashSet<&str> = FxHashSet::default();
         let mut policy_text: Option<&str> = None;
         let mut settings: Option<&ThreatFeedSettings> = None;
         let mut exclusions: Option<&[String]> = None;
@@ -879,8 +905,6 @@ impl SyncedState {
             };
             let mut add = |value: &str, audit: &'a str, feed: &str, batch: &mut Vec<(Box<str>, HeldIndicator)>| {
                 let kind = check_indicator_parts(value, audit, feed).map_err(at)?;
-                removed.remove(audit);
-                added.insert(audit);
                 batch.push((Box::from(audit), HeldIndicator { kind, feed: names.get(feed) }));
                 Ok::<_, UpdateError>(())
             };
@@ -903,10 +927,6 @@ impl SyncedState {
                     valid.push(ValidChange::Add(batch));
                 }
                 Change::IndicatorsRemove { audit_ids } => {
-                    for a in audit_ids {
-                        added.remove(a.as_str());
-                        removed.insert(a.as_str());
-                    }
                     indicators_touched = true;
                     valid.push(ValidChange::Remove(audit_ids.clone()));
                 }
@@ -948,17 +968,10 @@ impl SyncedState {
         if answer.revision != expect {
             return Err(UpdateError::Gap { have: expect, next: answer.revision });
         }
+        tracing::debug!("sync answer validated in {:?}", t_validate.elapsed());
         let policy = policy_text.map(check_policy).transpose()?.map(|(_, c)| Some(c));
         let book = if indicators_touched || settings.is_some() || exclusions.is_some() {
-            let gone = removed.iter().filter(|a| self.indicators.contains_key(**a)).count();
-            let new = added.iter().filter(|a| !self.indicators.contains_key(**a)).count();
-            let count = self.indicators.len() + new - gone;
-            if count > limit {
-                return Err(bad(format!(
-                    "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
-                )));
-            }
-            Some(self.incremental(&valid, settings, exclusions)?)
+            Some(self.incremental(&valid, settings, exclusions, limit)?)
         } else {
             None
         };
@@ -1097,6 +1110,7 @@ mod tests {
         let urls = [("evil0.example", "/p1/x"), ("evil1.example", "/p2"), ("evil0.example", "/q")];
         let mut rev = 0;
         let mut most_held = 0;
+        let mut most_layers = 0;
         let mut pending = None;
         for round in 0..120 {
             let mut changes = Vec::new();
@@ -1151,6 +1165,8 @@ mod tests {
             }
             most_held = most_held.max(s.indicators.len());
             let o = s.book.overlay().clone();
+            most_layers = most_layers.max(o.layers().len());
+            assert!(o.layers().len() <= hbgw_shared::indicator_overlay::MAX_LAYERS + 1, "round {round}: {} layers", o.layers().len());
             let full = s.build_indicators().unwrap();
             let sum = |m: hbgw_shared::indicators::IndicatorMatch<'_>| match m {
                 hbgw_shared::indicators::IndicatorMatch::NoMatch => None,
@@ -1169,6 +1185,7 @@ mod tests {
             }
         }
         assert!(most_held > 5, "the sequence exercised a populated state ({most_held} held at most)");
+        assert!(most_layers >= hbgw_shared::indicator_overlay::MAX_LAYERS, "layers were merged ({most_layers} at most)");
         // A compaction outrun by a snapshot is not installed.
         let g = s.book.mark();
         let built = s.book.overlay().compacted().unwrap();

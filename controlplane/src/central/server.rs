@@ -296,14 +296,20 @@ impl Central {
         };
         let since = num("since", 0)?;
         let version = num("v", 1)?;
+        // `synced=1`: the gateway already holds revision `since`, even 0
+        // (Central's empty state); without it `since=0` asks for a snapshot.
+        let synced = num("synced", 0)? != 0;
         let wait = Duration::from_secs(num("wait", 25)?.min(MAX_WAIT_S));
         self.gateway(&req, Some(since)).await?;
         let mut rx = self.revision.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let current = *rx.borrow_and_update();
-            // `since=0` asks for everything: answered at once.
-            if current != since || since == 0 {
+            // `since=0` asks for everything: answered at once, unless the
+            // gateway says it holds revision 0 already (then it waits for
+            // the first change like at any other revision, not a snapshot
+            // of nothing in a tight loop).
+            if current != since || (since == 0 && !synced) {
                 break;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {

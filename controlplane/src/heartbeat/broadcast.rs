@@ -75,12 +75,24 @@ impl RedYellowList {
 
 /// Sends the list every `period`, and `debounce` after any change.
 pub(crate) async fn run(shared: Arc<Shared>, period: Duration, debounce: Duration) {
+    let mut period = period;
     let mut periodic = interval_at(Instant::now() + period, period);
     periodic.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The period follows the heartbeat interval (two of them) when it changes.
+    let mut live = shared.live.subscribe();
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = periodic.tick() => {}
+            Ok(()) = live.changed() => {
+                let now = live.borrow_and_update().interval * 2;
+                if now != period {
+                    period = now;
+                    periodic = interval_at(Instant::now() + period, period);
+                    periodic.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+                continue;
+            }
             _ = shared.list_changed.notified() => {
                 // Coalesce: every change in this window goes out in one list.
                 tokio::select! {

@@ -216,10 +216,11 @@ pub(crate) struct Registry {
     users: UserBindings,
 }
 
-/// The settings Central can change while the service runs.
+/// The settings Central can change while the service runs (open sessions
+/// follow them: see `server`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LiveSettings {
-    /// The interval new sessions are told.
+    /// The heartbeat interval endpoints are told (in `welcome`).
     pub(crate) interval: Duration,
     /// Heartbeats missed before a session is closed, an endpoint lost or missing.
     pub(crate) missed_limit: u32,
@@ -227,7 +228,9 @@ pub(crate) struct LiveSettings {
 
 pub(crate) struct Shared {
     pub(crate) config: HeartbeatConfig,
-    pub(crate) live: Mutex<LiveSettings>,
+    /// Watched by every session (its idle limit, the interval it told its
+    /// endpoint) and by the endpoint-list broadcaster (its period).
+    pub(crate) live: tokio::sync::watch::Sender<LiveSettings>,
     registry: Mutex<Registry>,
     table: Arc<Mutex<EndpointTableWriter>>,
     pub(crate) certs: PinnedCertStore,
@@ -247,7 +250,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn live_settings(&self) -> LiveSettings {
-        *lock(&self.live)
+        *self.live.borrow()
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -568,7 +571,7 @@ impl HeartbeatService {
             pending_ioc: Mutex::new(HashMap::new()),
             next_query: AtomicU64::new(1),
             next_conn: AtomicU64::new(1),
-            live: Mutex::new(LiveSettings { interval: config.interval, missed_limit: config.missed_limit.max(1) }),
+            live: tokio::sync::watch::Sender::new(LiveSettings { interval: config.interval, missed_limit: config.missed_limit.max(1) }),
             config,
         });
         shared.tasks.spawn(server::serve(Arc::clone(&shared), listener));
@@ -595,11 +598,13 @@ impl HeartbeatService {
         &self.shared.certs
     }
 
-    /// Applies heartbeat settings from Central while running: the interval
-    /// new sessions are told (sessions already up keep theirs until they
-    /// reconnect), the missed-heartbeat limit (for sessions opened from now
-    /// on, and for every endpoint's next heartbeat), and the zones where
-    /// missing and no-heartbeat are detected (`None`: keep the current ones).
+    /// Applies heartbeat settings from Central while running, to open
+    /// sessions too: the interval (each open session is sent a new
+    /// `welcome` with it, and the endpoint list goes out every two of the new
+    /// intervals), the missed-heartbeat limit (each session's idle limit,
+    /// counted from its last message, and every endpoint's next heartbeat),
+    /// and the zones where missing and no-heartbeat are detected (`None`:
+    /// keep the current ones).
     pub fn set_settings(&self, interval: Duration, missed_limit: u32, zones: Option<HashSet<String>>) -> Result<(), HeartbeatError> {
         if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
             return Err(HeartbeatError::Config(format!(
@@ -609,7 +614,7 @@ impl HeartbeatService {
         if missed_limit == 0 || missed_limit > 100 {
             return Err(HeartbeatError::Config(format!("missed_limit {missed_limit} is outside 1..100: use 3 as in the product")));
         }
-        *lock(&self.shared.live) = LiveSettings { interval, missed_limit };
+        self.shared.live.send_replace(LiveSettings { interval, missed_limit });
         let mut reg = self.shared.registry();
         let zones = zones.unwrap_or_else(|| reg.timer.zones().clone());
         tracing::info!(?interval, missed_limit, ?zones, "heartbeat settings changed");
@@ -677,7 +682,7 @@ impl HeartbeatService {
         let now = Instant::now();
         let reg = self.shared.registry();
         let table = self.shared.table();
-        let mut report = EndpointsReport { interval_secs: lock(&self.shared.live).interval.as_secs_f64(), ..Default::default() };
+        let mut report = EndpointsReport { interval_secs: self.shared.live_settings().interval.as_secs_f64(), ..Default::default() };
         for (id, rec) in &reg.endpoints {
             let session = reg.sessions.get(id);
             let health = table.get(*id).map(|e| e.health).unwrap_or(rec.reported);

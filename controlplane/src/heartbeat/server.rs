@@ -16,6 +16,9 @@
 //! make the gateway buffer without limit). Any protocol error gets an
 //! `error` frame and the connection is closed; other sessions never notice.
 //! A session with no message for `missed_limit + 1` intervals is closed.
+//! When the heartbeat settings change (from Central), every open session
+//! follows at once: its idle limit is recomputed from its last message, and
+//! when the interval changed its endpoint is sent a new `welcome` with it.
 
 use super::certs::{CertFingerprint, PinnedCertStore, PinnedCertVerifier};
 use super::codec::{CodecError, Encoded, FrameCodec};
@@ -228,8 +231,10 @@ impl Session {
     }
 
     async fn serve(&mut self, id: hbgw_shared::endpoint::EndpointId, rx: &mut mpsc::Receiver<Encoded>, close: &CancellationToken) -> End {
-        let live = self.shared.live_settings();
-        let idle_limit = live.interval * (live.missed_limit + 1);
+        let mut live_rx = self.shared.live.subscribe();
+        let mut live = *live_rx.borrow_and_update();
+        let mut idle_limit = live.interval * (live.missed_limit + 1);
+        let mut last_message = Instant::now();
         let idle = sleep(idle_limit);
         tokio::pin!(idle);
         loop {
@@ -241,6 +246,22 @@ impl Session {
                 _ = close.cancelled() => return End::Close(ErrorCode::Replaced, "a newer session of this endpoint replaced this one".into()),
                 _ = self.shared.shutdown.cancelled() => return End::Close(ErrorCode::ShuttingDown, "gateway stopping".into()),
                 _ = &mut idle => return End::Refuse(ErrorCode::IdleTimeout, format!("no message for {idle_limit:?}")),
+                Ok(()) = live_rx.changed() => {
+                    let now = *live_rx.borrow_and_update();
+                    idle_limit = now.interval * (now.missed_limit + 1);
+                    idle.as_mut().reset(last_message + idle_limit);
+                    if now.interval != live.interval {
+                        let welcome = GatewayMessage::Welcome {
+                            heartbeat_interval_ms: u64::try_from(now.interval.as_millis()).unwrap_or(u64::MAX),
+                            gateway: self.shared.config.gateway_name.clone(),
+                            endpoint_id: id.0,
+                        };
+                        if let Err(e) = self.write(welcome).await {
+                            return End::Gone(e);
+                        }
+                    }
+                    live = now;
+                }
                 Some(frame) = rx.recv() => {
                     if let Err(e) = self.write_encoded(frame).await {
                         return End::Gone(e);
@@ -252,7 +273,8 @@ impl Session {
                         Some(Err(e)) => return codec_end(e),
                         Some(Ok(m)) => m,
                     };
-                    idle.as_mut().reset(Instant::now() + idle_limit);
+                    last_message = Instant::now();
+                    idle.as_mut().reset(last_message + idle_limit);
                     self.handle(id, msg);
                 }
             }
