@@ -104,12 +104,16 @@ impl Drop for CentralProc {
 struct Gateway {
     child: Option<Child>,
     socket: PathBuf,
+    /// Where its stdout and stderr go: files, not pipes, so that a
+    /// chatty log can never fill a pipe nobody reads and stall the gateway.
+    out: (PathBuf, PathBuf),
 }
 
 impl Gateway {
     /// A gateway whose LAN port replays `pcap` forever.
     fn start(dir: &Path, config: &Path, pcap: &Path) -> Self {
         let socket = dir.join("stats.sock");
+        let out = (dir.join("gateway.stdout"), dir.join("gateway.stderr"));
         let child = Command::new(HBGW)
             .args(["-l", "0,1", "--no-pci", "--no-huge", "--no-shconf", "-m", "512"])
             .arg(format!("--file-prefix={}", file_prefix()))
@@ -120,11 +124,11 @@ impl Gateway {
             .arg(config)
             .arg("--stats-socket")
             .arg(&socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(std::fs::File::create(&out.0).unwrap())
+            .stderr(std::fs::File::create(&out.1).unwrap())
             .spawn()
             .unwrap();
-        let mut g = Gateway { child: Some(child), socket };
+        let mut g = Gateway { child: Some(child), socket, out };
         g.wait_for("the stats socket answers", |_| true);
         g
     }
@@ -149,24 +153,32 @@ impl Gateway {
             }
             if let Some(c) = self.child.as_mut() {
                 if c.try_wait().unwrap().is_some() {
-                    let out = self.child.take().unwrap().wait_with_output().unwrap();
-                    panic!("the gateway exited while waiting for {what}:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                    self.child = None;
+                    let (o, e) = self.output();
+                    panic!("the gateway exited while waiting for {what}:\n{o}\n{e}");
                 }
             }
             if Instant::now() > deadline {
                 let last = self.stats();
-                panic!("timed out waiting for: {what}; last stats: {last:?}");
+                let (o, e) = self.output();
+                panic!("timed out waiting for: {what}; last stats: {last:?}\ngateway stdout:\n{o}\ngateway stderr:\n{e}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    /// What the gateway has written so far (stdout, stderr).
+    fn output(&self) -> (String, String) {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        (read(&self.out.0), read(&self.out.1))
+    }
+
     fn stop(&mut self) -> (String, String) {
         let child = self.child.take().unwrap();
         signal(&child, libc::SIGINT);
-        let out = wait_with_timeout(child, Duration::from_secs(30));
-        let t = text(&out);
-        assert!(out.status.success(), "{}\n{}", t.0, t.1);
+        let status = wait_with_timeout(child, Duration::from_secs(30)).status;
+        let t = self.output();
+        assert!(status.success(), "{}\n{}", t.0, t.1);
         t
     }
 }
