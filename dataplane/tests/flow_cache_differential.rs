@@ -175,8 +175,8 @@ struct Bed {
 impl Bed {
     fn new(cache_entries: usize) -> Bed {
         let (state, mut writer) = GatewayState::new(policy(0), IndicatorSet::empty());
-        for h in 0..4 {
-            writer.upsert(endpoint(h, None, HEALTHS[h]));
+        for (h, health) in HEALTHS.iter().enumerate().take(4) {
+            writer.upsert(endpoint(h, None, *health));
         }
         let ports = || {
             vec![

@@ -578,8 +578,8 @@ impl NameTable {
     /// walking up from the full name probed every suffix (measured, perf
     /// annotate: the suffix probes were the largest part of the lookup stage).
     #[inline]
-    fn longest_suffix(&self, name: &[u8], mut accept: impl FnMut(u32) -> Option<u32>) -> Option<u32> {
-        self.longest_suffix_len(name, |v| accept(v)).map(|(v, _)| v)
+    fn longest_suffix(&self, name: &[u8], accept: impl FnMut(u32) -> Option<u32>) -> Option<u32> {
+        self.longest_suffix_len(name, accept).map(|(v, _)| v)
     }
 
     /// [`NameTable::longest_suffix`], with the length of the suffix that matched.
