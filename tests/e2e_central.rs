@@ -107,6 +107,8 @@ struct Gateway {
     /// Where its stdout and stderr go: files, not pipes, so that a
     /// chatty log can never fill a pipe nobody reads and stall the gateway.
     out: (PathBuf, PathBuf),
+    /// Its EAL file prefix (its runtime directory is removed if it had to be killed).
+    prefix: String,
 }
 
 impl Gateway {
@@ -114,9 +116,10 @@ impl Gateway {
     fn start(dir: &Path, config: &Path, pcap: &Path) -> Self {
         let socket = dir.join("stats.sock");
         let out = (dir.join("gateway.stdout"), dir.join("gateway.stderr"));
+        let prefix = file_prefix();
         let child = Command::new(HBGW)
             .args(["-l", "0,1", "--no-pci", "--no-huge", "--no-shconf", "-m", "512"])
-            .arg(format!("--file-prefix={}", file_prefix()))
+            .arg(format!("--file-prefix={prefix}"))
             .arg(format!("--vdev=net_pcap0,rx_pcap={},infinite_rx=1", pcap.display()))
             .arg("--vdev=net_null0,no-rx=1")
             .args(["--", "--port-pair", "net_pcap0,net_null0", "--live", "off", "--stats-interval", "200", "--duration", "180"])
@@ -128,7 +131,7 @@ impl Gateway {
             .stderr(std::fs::File::create(&out.1).unwrap())
             .spawn()
             .unwrap();
-        let mut g = Gateway { child: Some(child), socket, out };
+        let mut g = Gateway { child: Some(child), socket, out, prefix };
         g.wait_for("the stats socket answers", |_| true);
         g
     }
@@ -186,8 +189,11 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A test that failed midway: killed, it cannot remove its EAL
+            // runtime directory, so the test does.
             let _ = c.kill();
             let _ = c.wait();
+            let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
         }
     }
 }
