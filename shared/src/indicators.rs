@@ -374,11 +374,15 @@ fn hash_ci(bytes: &[u8]) -> u64 {
         a.make_ascii_lowercase();
         h.write_u64(u64::from_le_bytes(a));
     }
-    let r = chunks.remainder();
-    let mut a = [0u8; 8];
-    a[..r.len()].copy_from_slice(r);
-    a.make_ascii_lowercase();
-    h.write_u64(u64::from_le_bytes(a));
+    // The last 0..7 bytes, assembled in a register: copying them into a
+    // stack array was a `memcpy` call and a load that could not be
+    // forwarded from its stores (measured: a quarter of the lookup's cycles
+    // on one instruction, perf annotate of a worker). Same value as before.
+    let mut last = 0u64;
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        last |= u64::from(b.to_ascii_lowercase()) << (8 * i);
+    }
+    h.write_u64(last);
     h.write_usize(bytes.len());
     h.finish()
 }
