@@ -5,12 +5,10 @@
 
 mod central_support;
 use central_support::*;
-use hbgw_controlplane::central::client::{load_start, save_state, CentralClient, CentralSetup};
+use hbgw_controlplane::central::client::{load_start, save_state};
 use hbgw_controlplane::central::http::{self, error, json_bytes};
 use hbgw_controlplane::central::protocol::{Change, JournalEntry, SyncAnswer, SyncedState, WireIndicator};
 use hbgw_controlplane::central::server;
-use hbgw_shared::state::GatewayState;
-use hbgw_shared::stats::CentralStatus;
 use hyper::StatusCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,14 +73,7 @@ async fn garbage_from_central_keeps_the_last_known_good_state() {
     let cfg = section(url, d, &d.join("central/ca.pem"));
     let start = load_start(&cfg).unwrap();
     assert_eq!(start.synced.revision, 7);
-    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
-    let status = Arc::new(Mutex::new(CentralStatus::default()));
-    let client = CentralClient::start(
-        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
-        state.clone(),
-        Box::new(|| serde_json::json!({})),
-    )
-    .unwrap();
+    let (state, status, client) = start_client(cfg, start, serde_json::json!({}));
     let st = || status.lock().unwrap().clone();
 
     wait_until("garbage refused", Duration::from_secs(15), || st().updates_rejected >= 1).await;
@@ -123,14 +114,7 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
     let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
     cfg.enrollment_token = Some(enroll);
     let start = load_start(&cfg).unwrap();
-    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
-    let status = Arc::new(Mutex::new(CentralStatus::default()));
-    let client = CentralClient::start(
-        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
-        state.clone(),
-        Box::new(|| serde_json::json!({})),
-    )
-    .unwrap();
+    let (state, status, client) = start_client(cfg, start, serde_json::json!({}));
     let st = || status.lock().unwrap().clone();
     wait_until("enrolled and connected", Duration::from_secs(15), || st().state == "connected").await;
     assert!(d.join("gw/identity.json").exists());
@@ -167,14 +151,7 @@ async fn a_refused_update_is_reported_to_central_at_once() {
     cfg.max_indicators = 2;
     cfg.health_interval_s = 3600; // only a refusal makes it upload within the test
     let start = load_start(&cfg).unwrap();
-    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
-    let status = Arc::new(Mutex::new(CentralStatus::default()));
-    let client = CentralClient::start(
-        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
-        state.clone(),
-        Box::new(|| serde_json::json!({"endpoints": {"green": 1}})),
-    )
-    .unwrap();
+    let (state, status, client) = start_client(cfg, start, serde_json::json!({"endpoints": {"green": 1}}));
     let st = || status.lock().unwrap().clone();
     wait_until("connected", Duration::from_secs(15), || st().state == "connected").await;
 
@@ -222,14 +199,7 @@ async fn an_idle_gateway_at_revision_zero_waits() {
     cfg.enrollment_token = Some(enroll);
     cfg.wait_s = 2;
     let start = load_start(&cfg).unwrap();
-    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
-    let status = Arc::new(Mutex::new(CentralStatus::default()));
-    let client = CentralClient::start(
-        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
-        state.clone(),
-        Box::new(|| serde_json::json!({})),
-    )
-    .unwrap();
+    let (state, status, client) = start_client(cfg, start, serde_json::json!({}));
     let st = || status.lock().unwrap().clone();
     // The first contact is answered at once (an empty snapshot).
     wait_until("connected", Duration::from_secs(15), || st().state == "connected").await;

@@ -3,8 +3,8 @@
 //! gave up, and the fail-open counter.
 
 mod central_support;
-use central_support::{ip, section, wait_until};
-use hbgw_controlplane::central::client::{load_start, CentralClient, CentralSetup};
+use central_support::{ip, section, start_client, wait_until};
+use hbgw_controlplane::central::client::{load_start, CentralClient};
 use hbgw_controlplane::central::http::{self, error, json_bytes};
 use hbgw_controlplane::central::protocol::{Snapshot, SyncAnswer};
 use hbgw_controlplane::central::server;
@@ -44,15 +44,7 @@ async fn serve(d: &Path, answer: impl Fn(&str) -> Option<Vec<u8>> + Send + Sync 
 
 fn start(cfg: CentralSection) -> (Arc<GatewayState>, Arc<Mutex<CentralStatus>>, CentralClient) {
     let start = load_start(&cfg).unwrap();
-    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
-    let status = Arc::new(Mutex::new(CentralStatus::default()));
-    let client = CentralClient::start(
-        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
-        state.clone(),
-        Box::new(|| serde_json::json!({})),
-    )
-    .unwrap();
-    (state, status, client)
+    start_client(cfg, start, serde_json::json!({}))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,13 +7,12 @@ mod support;
 
 #[path = "central_support/mod.rs"]
 mod central_support;
-use central_support::{section, TestCentral};
-use hbgw_controlplane::central::client::{load_start, load_state, CentralClient, CentralSetup};
+use central_support::{section, start_client, TestCentral};
+use hbgw_controlplane::central::client::{load_start, load_state, CentralClient};
 use hbgw_controlplane::heartbeat::client::{client_config, EndpointConnection};
 use hbgw_controlplane::heartbeat::protocol::{GatewayMessage, ReportedHealth};
 use hbgw_controlplane::heartbeat::HeartbeatService;
 use hbgw_shared::config::CentralSection;
-use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::CentralStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,10 +87,7 @@ async fn open_sessions_follow_changed_settings() {
 
 fn client(cfg: CentralSection, service: Arc<HeartbeatService>) -> (CentralClient, Arc<Mutex<CentralStatus>>) {
     let start = load_start(&cfg).unwrap();
-    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
-    let status = Arc::new(Mutex::new(CentralStatus::default()));
-    let c = CentralClient::start(CentralSetup { config: cfg, start, certs: None, status: status.clone() }, state, Box::new(|| serde_json::json!({})))
-        .unwrap();
+    let (_state, status, c) = start_client(cfg, start, serde_json::json!({}));
     c.attach_heartbeat(service);
     (c, status)
 }

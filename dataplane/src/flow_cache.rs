@@ -394,9 +394,9 @@ impl FlowCache {
     /// an empty or stale way, else the second way.
     #[inline]
     pub fn insert(&mut self, miss: Miss, key: &FlowCacheKey, epoch: u64, seen_period: u32, verdict: Verdict) {
-        // The table may have been cleared since the lookup (never between
-        // a lookup and its insert in the pipeline; the set is still valid).
-        self.sync_epoch(epoch);
+        // No epoch sync here: the lookup that gave `miss` made it, with the
+        // same `epoch` (an insert under another upper half would only tag an
+        // entry the next lookup's sync clears).
         let set = miss.set;
         let tag = epoch as u32;
         let (a, b) = (&self.entries[set], &self.entries[set + 1]);

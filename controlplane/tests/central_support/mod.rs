@@ -3,9 +3,13 @@
 //! loopback with an admin caller, and small helpers.
 #![allow(dead_code)]
 
+use hbgw_controlplane::central::client::{CentralClient, CentralSetup, CentralStart};
 use hbgw_controlplane::central::http;
 use hbgw_controlplane::central::server::{self, Central};
 use hbgw_shared::config::{BeforeFirstSync, CentralSection};
+use hbgw_shared::state::GatewayState;
+use hbgw_shared::stats::CentralStatus;
+use std::sync::{Arc, Mutex};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -28,6 +32,24 @@ pub fn section(url: String, dir: &Path, ca: &Path) -> CentralSection {
         health_interval_s: 60,
         feeds: vec![],
     }
+}
+
+/// The gateway's Central client from `cfg` and what `load_start` read,
+/// over a fresh gateway state; `health` is the summary it uploads.
+pub fn start_client(
+    cfg: CentralSection,
+    start: CentralStart,
+    health: serde_json::Value,
+) -> (Arc<GatewayState>, Arc<Mutex<CentralStatus>>, CentralClient) {
+    let (state, _w) = GatewayState::new(start.compiled.clone(), start.indicators.clone());
+    let status = Arc::new(Mutex::new(CentralStatus::default()));
+    let client = CentralClient::start(
+        CentralSetup { config: cfg, start, certs: None, status: status.clone() },
+        state.clone(),
+        Box::new(move || health.clone()),
+    )
+    .unwrap();
+    (state, status, client)
 }
 
 /// Waits (polling every 20 ms) until `f` holds; fails the test after `limit`.
