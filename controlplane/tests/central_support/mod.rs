@@ -9,9 +9,9 @@ use hbgw_controlplane::central::server::{self, Central};
 use hbgw_shared::config::{BeforeFirstSync, CentralSection};
 use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::CentralStatus;
-use std::sync::{Arc, Mutex};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A `[central]` section for a gateway whose state lives in `dir/gw`,
