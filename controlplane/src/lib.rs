@@ -12,7 +12,10 @@
 //! * [`metrics`] — Prometheus metrics with bucketed latency histograms;
 //! * [`explain`] — `hbgw explain`: what decides a given flow, and why;
 //! * [`threat_log`] — Active threat response and heartbeat-drop logs from the
-//!   workers' events.
+//!   workers' events;
+//! * [`central`] — Central sync, the reference Central, the last-known-good
+//!   state; [`heartbeat`] — the Security Heartbeat service;
+//! * [`background`] — the lowered priority of catch-up threads.
 //!
 //! What it must never do: touch a worker's memory except to read counters,
 //! make a worker wait (all hand-over is through bounded channels the workers
@@ -20,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod background;
 pub mod central;
 pub mod event_log;
 pub mod explain;

@@ -5,7 +5,8 @@
 
 mod central_support;
 use central_support::*;
-use hbgw_controlplane::central::client::{load_start, save_state};
+use hbgw_controlplane::central::client::{load_start, load_state, save_state};
+use hbgw_controlplane::central::state_journal::{JournalRecord, StateJournal, JOURNAL_FILE};
 use hbgw_controlplane::central::http::{self, error, json_bytes};
 use hbgw_controlplane::central::protocol::{Change, JournalEntry, SyncAnswer, SyncedState, WireIndicator};
 use hbgw_controlplane::central::server;
@@ -97,10 +98,62 @@ async fn garbage_from_central_keeps_the_last_known_good_state() {
     wait_until("unreachable shown", Duration::from_secs(15), || st().state == "disconnected").await;
     assert!(state.indicators().match_ip(ip("198.51.100.4")).drops());
     client.finish();
-    // What was applied is what a restart loads.
+    // What was applied is what a restart loads: the state file still holds
+    // revision 7, the journal the answer that brought revision 8.
+    assert!(d.join("gw").join(JOURNAL_FILE).exists());
+    assert!(std::fs::read_to_string(d.join("gw/central-state.json")).unwrap().contains("\"revision\":7"));
     let again = hbgw_controlplane::central::client::load_state(&d.join("gw"), 1000).unwrap().unwrap();
     assert_eq!(again.revision, 8);
     assert_eq!(again.indicators.len(), 2);
+}
+
+fn changes(revision: u64, change: Change) -> bytes::Bytes {
+    serde_json::to_vec(&SyncAnswer { revision, changes: Some(vec![JournalEntry { revision, change }]), snapshot: None }).unwrap().into()
+}
+
+#[test]
+fn the_journal_replays_onto_the_state_file_and_a_gap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ind = |v: &str, a: &str| WireIndicator { value: v.into(), audit_id: a.into(), feed: "mdr".into() };
+    let mut lkg = SyncedState::default();
+    let snap = hbgw_controlplane::central::protocol::Snapshot { indicators: vec![ind("203.0.113.9", "A1")], ..Default::default() };
+    lkg.commit(lkg.prepare(&SyncAnswer { revision: 7, changes: None, snapshot: Some(snap) }, 1000).unwrap());
+    save_state(d, &lkg).unwrap();
+
+    let (mut j, _) = StateJournal::open(d).unwrap();
+    let add = changes(8, Change::IndicatorsAdd { indicators: vec![ind("198.51.100.4", "A2"), ind("evil.example", "A3")] });
+    let remove = changes(9, Change::IndicatorsRemove { audit_ids: vec!["A1".into()] });
+    // A record the state file already holds is skipped.
+    j.append(&JournalRecord { since: 6, to: 7, body: changes(7, Change::IndicatorsRemove { audit_ids: vec!["A1".into()] }) }).unwrap();
+    j.append(&JournalRecord { since: 7, to: 8, body: add.clone() }).unwrap();
+    j.append(&JournalRecord { since: 8, to: 9, body: remove.clone() }).unwrap();
+    let s = load_state(d, 1000).unwrap().unwrap();
+    let mut expect = lkg.clone();
+    for (body, since) in [(&add, 7), (&remove, 8)] {
+        let a: SyncAnswer = serde_json::from_slice(body).unwrap();
+        assert_eq!(expect.revision, since);
+        expect.commit(expect.prepare(&a, 1000).unwrap());
+    }
+    assert_eq!(s.revision, 9);
+    let ids = |s: &SyncedState| s.indicators.keys().map(|k| k.to_string()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(ids(&s), ids(&expect));
+    assert_eq!(ids(&s), ["A2".to_string(), "A3".to_string()].into());
+    assert!(s.book.overlay().match_ip(ip("198.51.100.4")).drops());
+    assert!(!s.book.overlay().match_ip(ip("203.0.113.9")).drops(), "removed by the journal");
+    assert!(s.book.overlay().match_domain(b"www.evil.example").drops());
+    // Over the gateway's limit after the replay: refused, naming the knob.
+    assert!(load_state(d, 1).unwrap_err().contains("max_indicators"));
+
+    // A record that does not follow: refused with the way out.
+    j.append(&JournalRecord { since: 11, to: 12, body: changes(12, Change::IndicatorsRemove { audit_ids: vec![] }) }).unwrap();
+    let e = load_state(d, 1000).unwrap_err();
+    assert!(e.contains("does not apply") && e.contains("from revision 11 follows revision 9") && e.contains("resync"), "{e}");
+
+    // Writing the state whole empties the journal.
+    save_state(d, &s).unwrap();
+    assert!(!d.join(JOURNAL_FILE).exists());
+    assert_eq!(load_state(d, 1000).unwrap().unwrap().revision, 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,6 +191,64 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
     }
     assert!(st().updates_applied >= 2);
     client.finish();
+}
+
+/// Each applied update is appended to the journal (the state file is not
+/// rewritten); once the journal outgrows the state file and
+/// `JOURNAL_FOLD_MIN_BYTES`, the state is written whole and the journal
+/// emptied; a restart loads exactly what was enforced either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_are_journaled_and_the_journal_is_folded_into_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let central = TestCentral::start(d, 1000).await;
+    let enroll = central.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
+    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
+    cfg.enrollment_token = Some(enroll);
+    cfg.max_indicators = 100_000;
+    let start = load_start(&cfg).unwrap();
+    let (state, status, client) = start_client(cfg.clone(), start, serde_json::json!({}));
+    let st = || status.lock().unwrap().clone();
+    wait_until("connected", Duration::from_secs(15), || st().state == "connected").await;
+    let journal = d.join("gw").join(JOURNAL_FILE);
+    let state_file = d.join("gw/central-state.json");
+    let state_revision = || -> u64 {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap_or_default()).unwrap_or_default();
+        v["revision"].as_u64().unwrap_or(0)
+    };
+    let post = |n: usize| {
+        let list: Vec<String> =
+            (0..1000).map(|i| format!(r#"{{"value":"10.{}.{}.{}","audit_id":"J{n}-{i:04}-padding-to-make-the-journal-grow"}}"#, n / 250, n % 250, i % 250)).collect();
+        format!(r#"{{"indicators":[{}]}}"#, list.join(","))
+    };
+    // ~60 KB of journal per update: the first ones are appended only.
+    let mut rev = 0;
+    for n in 0..3 {
+        rev = central.call(hyper::Method::POST, "/v1/admin/indicators", &post(n)).await["revision"].as_u64().unwrap();
+        wait_until("applied", Duration::from_secs(15), || st().revision == rev).await;
+    }
+    wait_until("journaled", Duration::from_secs(15), || {
+        std::fs::metadata(&journal).is_ok_and(|m| m.len() > 100_000) && load_state(&d.join("gw"), 100_000).unwrap().unwrap().revision == rev
+    })
+    .await;
+    assert!(state_revision() < rev, "the state file was not rewritten for each update");
+    // Past 1 MiB of journal: folded.
+    let mut folded = false;
+    for n in 3..30 {
+        rev = central.call(hyper::Method::POST, "/v1/admin/indicators", &post(n)).await["revision"].as_u64().unwrap();
+        wait_until("applied", Duration::from_secs(15), || st().revision == rev).await;
+        if state_revision() > 3 {
+            folded = true;
+            break;
+        }
+    }
+    assert!(folded, "the journal was folded into the state file");
+    wait_until("journal trimmed", Duration::from_secs(15), || std::fs::metadata(&journal).map_or(0, |m| m.len()) < 1 << 20).await;
+    assert!(state.indicators().match_ip(ip("10.0.2.7")).drops());
+    client.finish();
+    let again = load_state(&d.join("gw"), 100_000).unwrap().unwrap();
+    assert_eq!(again.revision, rev);
+    assert_eq!(again.indicators.len(), state.indicators().len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,9 +32,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Layers an overlay normally has at most: pushing one more merges the
-/// newest together. While a compaction is under way (see `frozen` in
-/// [`IndicatorOverlay::push_layer`]) one more may exist.
+/// newest together.
 pub const MAX_LAYERS: usize = 4;
+
+/// Layers an overlay may have while a compaction is under way (see `frozen`
+/// in [`IndicatorOverlay::push_layer`]), one more past the frozen ones at
+/// most. A compaction of millions of indicators takes seconds; merging the
+/// updates that come meanwhile into one growing layer would put an ever
+/// larger compile on each update's way to the workers, so each keeps its
+/// own layer (every lookup pays one more probe per layer until the
+/// compaction lands, and the layers above it stay until the next one).
+pub const MAX_LAYERS_COMPACTING: usize = 8;
 
 /// Records of lower levels (0: the base, `i`: layer `i`) no longer in force.
 #[derive(Debug, Clone, Default)]
@@ -159,15 +167,17 @@ impl IndicatorOverlay {
 
     /// This set with `set` on top as a new layer hiding `hides` (records of
     /// this overlay's levels). When that would make more than
-    /// [`MAX_LAYERS`], the new set is merged with the newest layers instead,
-    /// never with the `frozen` oldest ones (those a compaction under way
-    /// folds: see [`IndicatorOverlay::rebase`]); then there may be one more.
+    /// [`MAX_LAYERS`] ([`MAX_LAYERS_COMPACTING`] while `frozen` > 0), the
+    /// new set is merged with the newest layers instead, never with the
+    /// `frozen` oldest ones (those a compaction under way folds: see
+    /// [`IndicatorOverlay::rebase`]); then there may be one more.
     pub fn push_layer(&self, set: IndicatorSet, hides: Hides, frozen: usize) -> Result<IndicatorOverlay, IndicatorError> {
         let set = set.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
         let n = self.layers.len();
-        let start = frozen.max(MAX_LAYERS - 1);
+        let cap = if frozen > 0 { MAX_LAYERS_COMPACTING } else { MAX_LAYERS };
+        let start = frozen.max(cap - 1);
         let mut layers: Vec<Layer> = self.layers.to_vec();
-        if n < MAX_LAYERS || start >= n {
+        if n < cap || start >= n {
             let offset = index(self.base.len() + self.layers.iter().map(|l| l.set.len()).sum::<usize>());
             layers.push(Layer { set, hides: Arc::new(hides), offset });
             return Ok(IndicatorOverlay { base: self.base.clone(), layers: layers.into() });
@@ -682,7 +692,10 @@ mod tests {
             let mut w = Owner { o: IndicatorOverlay::from_set(build(&model, &excl, &settings)), model, touched: Default::default(), mark: None };
             for op in &ops {
                 w.apply(op);
-                prop_assert!(w.o.layers().len() <= MAX_LAYERS + usize::from(w.mark.is_some()), "{} layers", w.o.layers().len());
+                // Bounded: MAX_LAYERS normally, more while a compaction is
+                // under way and until the push after it lands.
+                let bound = if w.mark.is_some() || w.o.layers().len() > MAX_LAYERS { MAX_LAYERS_COMPACTING + 1 } else { MAX_LAYERS };
+                prop_assert!(w.o.layers().len() <= bound, "{} layers", w.o.layers().len());
                 let reference = build(&w.model, &excl, &settings);
                 let compacted = IndicatorOverlay::from_set(w.o.compacted().unwrap());
                 prop_assert_eq!(w.o.len(), reference.len());

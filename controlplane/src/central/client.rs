@@ -17,6 +17,7 @@ use super::protocol::{
     EnrollRequest, GatewayIdentity, HeartbeatSettings, LogAck, Snapshot, SyncAnswer, SyncedState, UpdateError, WireIndicator,
 };
 use super::spool::LogSpool;
+use super::state_journal::{JournalRecord, StateJournal};
 use crate::heartbeat::{HeartbeatService, PinnedCertStore};
 use hbgw_shared::config::{BeforeFirstSync, CentralSection, ThirdPartyFeedSection, ThirdPartyFormat};
 use hbgw_shared::indicator_overlay::IndicatorOverlay;
@@ -28,7 +29,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -91,43 +92,84 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result
 }
 
 /// Loads the last-known-good state; `None` when there is none yet. A state
-/// file that cannot be read or is not a valid state is an error: the gateway
-/// must not start with half a policy.
+/// file or journal that cannot be read or is not a valid state is an error:
+/// the gateway must not start with half a policy.
 pub fn load_state(dir: &Path, limit: usize) -> Result<Option<SyncedState>, String> {
+    load_state_and_journal(dir, limit).map(|(s, _)| s)
+}
+
+/// [`load_state`], and the journal open for the next appends.
+fn load_state_and_journal(dir: &Path, limit: usize) -> Result<(Option<SyncedState>, StateJournal), String> {
     let path = dir.join(STATE_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read the last-known-good state {}: {e}: fix its permissions", path.display())),
-    };
     let corrupt = |why: String| {
         format!(
             "the last-known-good state {} is corrupt ({why}): restore it from a backup, or delete it to start with [central] before_first_sync and resync from Central",
             path.display()
         )
     };
-    let p: PersistedState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    if p.format != STATE_FORMAT {
-        return Err(corrupt(format!("format {} is not {STATE_FORMAT}", p.format)));
-    }
-    let mut s = SyncedState::from_snapshot(p.revision, &p.snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
-    for (feed, list) in p.third_party {
-        let mut v = Vec::with_capacity(list.len());
-        for i in list {
-            let kind: IndicatorKind = i.value.parse().map_err(|e: hbgw_shared::indicators::IndicatorError| corrupt(e.to_string()))?;
-            v.push((kind, i.audit_id));
+    let mut state = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let p: PersistedState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            if p.format != STATE_FORMAT {
+                return Err(corrupt(format!("format {} is not {STATE_FORMAT}", p.format)));
+            }
+            let mut s = SyncedState::from_snapshot(p.revision, &p.snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
+            for (feed, list) in p.third_party {
+                let mut v = Vec::with_capacity(list.len());
+                for i in list {
+                    let kind: IndicatorKind =
+                        i.value.parse().map_err(|e: hbgw_shared::indicators::IndicatorError| corrupt(e.to_string()))?;
+                    v.push((kind, i.audit_id));
+                }
+                s.third_party.insert(feed, v);
+            }
+            Some(s)
         }
-        s.third_party.insert(feed, v);
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read the last-known-good state {}: {e}: fix its permissions", path.display())),
+    };
+    let (journal, records) = StateJournal::open(dir)?;
+    if !records.is_empty() {
+        // The answers applied after the state file was written, in order.
+        let s = state.get_or_insert_with(SyncedState::default);
+        let bad = |why: String| {
+            format!(
+                "the last-known-good state journal {} does not apply ({why}): restore the state directory from a backup, or delete both central-state files to resync from Central",
+                dir.join(super::state_journal::JOURNAL_FILE).display()
+            )
+        };
+        for r in records {
+            if r.to <= s.revision {
+                continue;
+            }
+            if r.since != s.revision {
+                return Err(bad(format!("a record from revision {} follows revision {}", r.since, s.revision)));
+            }
+            let answer: SyncAnswer = serde_json::from_slice(&r.body).map_err(|e| bad(e.to_string()))?;
+            s.replay(&answer, limit).map_err(|e| bad(e.to_string()))?;
+        }
+        if s.indicators.len() > limit {
+            return Err(format!(
+                "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
+                s.indicators.len()
+            ));
+        }
     }
-    s.rebuild().map_err(|e| corrupt(e.to_string()))?;
-    Ok(Some(s))
+    if let Some(s) = state.as_mut() {
+        s.rebuild().map_err(|e| corrupt(e.to_string()))?;
+    }
+    Ok((state, journal))
 }
 
-/// Writes the state atomically.
+/// Writes the state atomically: the state file, whole; the journal, which
+/// it supersedes, emptied.
 pub fn save_state(dir: &Path, s: &SyncedState) -> Result<(), String> {
-    match persisted(s, || false) {
-        Some(p) => write_state(dir, p),
-        None => Ok(()),
+    let Some(p) = persisted(s, || false) else { return Ok(()) };
+    write_state(dir, p)?;
+    match std::fs::remove_file(dir.join(super::state_journal::JOURNAL_FILE)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot empty the state journal in {}: {e}", dir.display())),
     }
 }
 
@@ -145,12 +187,14 @@ fn persisted(s: &SyncedState, stop: impl Fn() -> bool) -> Option<PersistedState>
     })
 }
 
-/// Writes a persisted state atomically, indicators sorted by audit ID.
-fn write_state(dir: &Path, mut p: PersistedState) -> Result<(), String> {
+/// Writes a persisted state atomically, indicators sorted by audit ID;
+/// returns its size.
+fn write_state(dir: &Path, mut p: PersistedState) -> Result<u64, String> {
     p.snapshot.indicators.sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
     let bytes = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
     let path = dir.join(STATE_FILE);
-    write_atomic(&path, &bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))
+    write_atomic(&path, &bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))?;
+    Ok(bytes.len() as u64)
 }
 
 /// The policy in force while Central has given none.
@@ -179,6 +223,8 @@ pub struct CentralStart {
     pub identity: Option<GatewayIdentity>,
     /// The log spool.
     pub spool: LogSpool,
+    /// The state journal, open for the next appends.
+    pub journal: StateJournal,
 }
 
 impl std::fmt::Debug for CentralStart {
@@ -202,14 +248,15 @@ pub fn load_start(section: &CentralSection) -> Result<CentralStart, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot read {}: {e}", dir.join(IDENTITY_FILE).display())),
     };
-    let synced = load_state(dir, section.max_indicators)?.unwrap_or_default();
+    let (synced, journal) = load_state_and_journal(dir, section.max_indicators)?;
+    let synced = synced.unwrap_or_default();
     let (policy, compiled) = match synced.compiled_policy().map_err(|e| e.to_string())? {
         Some((p, c)) => (Some(p), c),
         None => (None, no_policy(section.before_first_sync)),
     };
     let indicators = synced.book.overlay().clone();
     let spool = LogSpool::open(dir, section.spool_max_events)?;
-    Ok(CentralStart { synced, policy, compiled, indicators, identity, spool })
+    Ok(CentralStart { synced, policy, compiled, indicators, identity, spool, journal })
 }
 
 /// Everything the client needs, handed over by the gateway at start.
@@ -232,11 +279,15 @@ struct Ctx {
     client: HttpsClient,
     identity: Mutex<Option<GatewayIdentity>>,
     synced: Mutex<SyncedState>,
+    /// `synced`'s revision, read without its lock (the persist thread may
+    /// hold that for a while, and the sync loop must not wait for it).
+    revision: AtomicU64,
     state: Arc<GatewayState>,
     certs: Option<PinnedCertStore>,
     status: Arc<Mutex<CentralStatus>>,
     spool: Arc<Mutex<LogSpool>>,
-    dirty: AtomicBool,
+    /// To the persist thread, in the order the changes were committed.
+    persist: crossbeam_channel::Sender<Persist>,
     compacting: AtomicBool,
     /// An update waits for `synced`: the state writer lets go of it.
     update_waiting: AtomicBool,
@@ -255,10 +306,22 @@ struct Rejections {
     feed: Option<serde_json::Value>,
 }
 
+/// What the persist thread is told, in commit order.
+enum Persist {
+    /// An answer of changes was applied: append it to the journal.
+    Changes(JournalRecord),
+    /// The state changed other than by an answer of changes (a snapshot, a
+    /// third-party feed): write it whole.
+    Whole,
+    /// Write what is pending, then end.
+    Stop,
+}
+
 /// The running client (its tasks run on the control plane's runtime).
 pub struct CentralClient {
     ctx: Arc<Ctx>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    persist: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Exponential backoff: 0.5 s doubling to 30 s.
@@ -282,6 +345,8 @@ impl CentralClient {
     /// on a configuration that cannot work (URL, CA file).
     pub fn start(setup: CentralSetup, state: Arc<GatewayState>, health: HealthSource) -> Result<Self, String> {
         let CentralSetup { config, start, certs, status } = setup;
+        let (persist_tx, persist_rx) = crossbeam_channel::unbounded();
+        let (journal, held) = (start.journal, start.synced.revision);
         let ca = std::fs::read(&config.ca)
             .map_err(|e| format!("cannot read [central] ca {}: {e}: copy ca.pem from Central's data directory", config.ca.display()))?;
         let client = HttpsClient::new(&config.url, &ca).map_err(|e| e.to_string())?;
@@ -307,11 +372,12 @@ impl CentralClient {
             client,
             identity: Mutex::new(start.identity),
             synced: Mutex::new(start.synced),
+            revision: AtomicU64::new(held),
             state,
             certs,
             status,
             spool: Arc::new(Mutex::new(start.spool)),
-            dirty: AtomicBool::new(false),
+            persist: persist_tx,
             compacting: AtomicBool::new(false),
             update_waiting: AtomicBool::new(false),
             rejections: Mutex::new(Rejections::default()),
@@ -319,16 +385,22 @@ impl CentralClient {
             heartbeat: Mutex::new(None),
             config,
         });
+        let persist = {
+            let c = ctx.clone();
+            std::thread::Builder::new()
+                .name("hbgw-persist".into())
+                .spawn(move || persist_thread(c, persist_rx, journal, held))
+                .map_err(|e| format!("cannot start the state persist thread: {e}"))?
+        };
         let mut tasks = vec![
             tokio::spawn(sync_loop(ctx.clone())),
-            tokio::spawn(persist_loop(ctx.clone())),
             tokio::spawn(upload_loop(ctx.clone())),
             tokio::spawn(health_loop(ctx.clone(), health)),
         ];
         for f in ctx.config.feeds.clone() {
             tasks.push(tokio::spawn(feed_loop(ctx.clone(), f)));
         }
-        Ok(Self { ctx, tasks })
+        Ok(Self { ctx, tasks, persist: Some(persist) })
     }
 
     /// The spool the event log writes into.
@@ -365,16 +437,14 @@ impl CentralClient {
         }
     }
 
-    /// Stops the tasks, writes the state if it changed, flushes the spool.
-    pub fn finish(self) {
+    /// Stops the tasks, writes what the state journal is owed, flushes the spool.
+    pub fn finish(mut self) {
         for t in &self.tasks {
             t.abort();
         }
-        if self.ctx.dirty.swap(false, Ordering::AcqRel) {
-            let s = lock(&self.ctx.synced);
-            if let Err(e) = save_state(&self.ctx.config.state_dir, &s) {
-                tracing::warn!("{e}");
-            }
+        let _ = self.ctx.persist.send(Persist::Stop);
+        if let Some(t) = self.persist.take() {
+            let _ = t.join();
         }
         lock(&self.ctx.spool).flush();
     }
@@ -422,7 +492,7 @@ impl Ctx {
     }
 
     /// Parses, validates, publishes and commits one sync answer (blocking).
-    fn apply(&self, body: &[u8], since: u64) -> Result<bool, UpdateError> {
+    fn apply(&self, body: &bytes::Bytes, since: u64) -> Result<bool, UpdateError> {
         let t0 = std::time::Instant::now();
         let answer: SyncAnswer = serde_json::from_slice(body)
             .map_err(|e| UpdateError::Invalid(format!("Central's sync answer does not parse ({e}): check that [central] url is a Central")))?;
@@ -462,7 +532,13 @@ impl Ctx {
         }
         let t_publish = t0.elapsed();
         synced.commit(prepared);
-        self.dirty.store(true, Ordering::Release);
+        self.revision.store(synced.revision, Ordering::Release);
+        // Under the lock: the persist thread hears of changes in commit order.
+        let _ = self.persist.send(if snapshot {
+            Persist::Whole
+        } else {
+            Persist::Changes(JournalRecord { since, to: synced.revision, body: body.clone() })
+        });
         tracing::debug!(
             "sync answer of {} bytes: parsed at {t_parse:?}, validated and compiled at {t_prepare:?}, published at {t_publish:?}, committed at {:?}",
             body.len(),
@@ -488,7 +564,10 @@ impl Ctx {
         if body.len() >= 1 << 20 {
             // Freeing a large parsed answer (10M indicators: 30M strings)
             // takes seconds: not before the next long-poll goes out.
-            let _ = std::thread::Builder::new().name("hbgw-free".into()).spawn(move || drop(answer));
+            let _ = std::thread::Builder::new().name("hbgw-free".into()).spawn(move || {
+                crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
+                drop(answer)
+            });
         }
         Ok(true)
     }
@@ -515,7 +594,7 @@ impl Ctx {
         match synced.rebuild() {
             Ok(set) => {
                 self.state.set_overlay(set.clone());
-                self.dirty.store(true, Ordering::Release);
+                let _ = self.persist.send(Persist::Whole);
                 let n = self.state.indicators().len() as u64;
                 self.set_status(|s| s.indicators = n);
                 Ok(true)
@@ -546,7 +625,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
                 continue;
             }
         };
-        let since = if force_snapshot { 0 } else { lock(&ctx.synced).revision };
+        let since = if force_snapshot { 0 } else { ctx.revision.load(Ordering::Acquire) };
         // Once an answer is applied the gateway holds its revision, even 0:
         // Central is told so, and waits instead of sending an empty snapshot
         // at once (a tight loop while both are at revision 0).
@@ -569,13 +648,22 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             s.last_contact_ms = Some(now_ms());
         });
         let worker = ctx.clone();
-        let applied = tokio::task::spawn_blocking(move || worker.apply(&body, since)).await;
+        let applied = tokio::task::spawn_blocking(move || {
+            let r = worker.apply(&body, since);
+            if let Ok(changed) = r {
+                // Here, not on the runtime: it takes the state's lock. A
+                // long poll that brought nothing means a quiet Central: the
+                // layers of small updates are folded too.
+                maybe_compact(&worker, !changed);
+            }
+            r
+        })
+        .await;
         match applied {
             Ok(Ok(_)) => {
                 backoff.reset();
                 force_snapshot = false;
                 synced_once = true;
-                maybe_compact(&ctx);
             }
             Ok(Err(UpdateError::Gap { have, next })) => {
                 tracing::warn!("Central: revision gap (have {have}, offered {next}): asking for a full snapshot");
@@ -587,7 +675,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
                     s.updates_rejected += 1;
                     s.last_error = Some(format!("update refused: {e}"));
                 });
-                let in_force = lock(&ctx.synced).revision;
+                let in_force = ctx.revision.load(Ordering::Acquire);
                 lock(&ctx.rejections).update =
                     Some(serde_json::json!({"at_ms": now_ms(), "revision_in_force": in_force, "error": e.to_string()}));
                 ctx.health_now.notify_one();
@@ -607,17 +695,19 @@ async fn sync_loop(ctx: Arc<Ctx>) {
 /// layers are merged, and each layer costs every lookup a little).
 pub const COMPACT_AFTER: usize = 20_000;
 
-/// Starts folding the layers into a new base on a blocking thread when it
-/// has grown past [`COMPACT_AFTER`] (one compaction at a time). The new base
-/// is published under the layers of the updates that came in while it was
-/// built (see `SyncedState::install_compacted`).
-fn maybe_compact(ctx: &Arc<Ctx>) {
+/// Starts folding the layers into a new base on a thread of its own when
+/// they have grown past [`COMPACT_AFTER`], or, when `idle`, if there are any
+/// (one compaction at a time). The new base is published under the layers
+/// of the updates that came in while it was built (see
+/// `SyncedState::install_compacted`).
+fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
     if ctx.compacting.swap(true, Ordering::AcqRel) {
         return;
     }
     let (overlay, generation) = {
         let mut s = lock(&ctx.synced);
-        if s.book.touched() < COMPACT_AFTER {
+        let due = if idle { !s.book.overlay().layers().is_empty() } else { s.book.touched() >= COMPACT_AFTER };
+        if !due {
             ctx.compacting.store(false, Ordering::Release);
             return;
         }
@@ -625,10 +715,10 @@ fn maybe_compact(ctx: &Arc<Ctx>) {
         (s.book.overlay().clone(), g)
     };
     let c = ctx.clone();
-    // A thread of its own. Not at a lowered priority: on a loaded machine
-    // it then starves (8.7 s instead of 0.5 s for 1.5M indicators, measured)
-    // and updates meanwhile pile up in layers (merged past the bound).
+    // A thread of its own, at background priority: the update that comes
+    // next must not wait for a core behind it.
     let spawned = std::thread::Builder::new().name("hbgw-compact".into()).spawn(move || {
+        crate::background::lower_current_thread(crate::background::COMPACTION_NICE);
         let t = std::time::Instant::now();
         match overlay.compacted() {
             Ok(built) => {
@@ -652,48 +742,111 @@ fn maybe_compact(ctx: &Arc<Ctx>) {
 }
 
 
-/// The longest a changed state goes unwritten while updates keep coming.
+/// The longest a state that must be written whole goes unwritten while
+/// updates keep coming (see `write_whole`).
 pub const PERSIST_WITHIN: Duration = Duration::from_secs(60);
 
-async fn persist_loop(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When the state was last written, or first found unwritten.
-    let mut written = std::time::Instant::now();
+/// The journal is folded into the state file once it is larger than the
+/// state file and this.
+pub const JOURNAL_FOLD_MIN_BYTES: u64 = 1 << 20;
+
+/// The persist thread, at background priority: appends each applied answer
+/// of changes to the journal (synced, in commit order), and writes the
+/// state file whole when a snapshot or third-party feed replaced the state
+/// or the journal has outgrown it. `head`: the revision the state file and
+/// journal hold together.
+fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut journal: StateJournal, mut head: u64) {
+    crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
+    let dir = ctx.config.state_dir.clone();
+    let mut state_bytes = std::fs::metadata(dir.join(STATE_FILE)).map_or(0, |m| m.len());
+    let mut pending: std::collections::VecDeque<JournalRecord> = Default::default();
+    // Since when the state must be written whole (`None`: it need not).
+    let mut whole_since: Option<std::time::Instant> = None;
+    let mut stopping = false;
+    let mut failed = false;
     loop {
-        tick.tick().await;
-        if !ctx.dirty.swap(false, Ordering::AcqRel) {
-            written = std::time::Instant::now();
-            continue;
+        let first = if stopping {
+            None
+        } else if pending.is_empty() && whole_since.is_none() {
+            rx.recv().ok()
+        } else {
+            // Work is left (a write gave way to an update, or failed): again soon.
+            rx.recv_timeout(if failed { Duration::from_secs(1) } else { Duration::from_millis(100) }).ok()
+        };
+        for m in first.into_iter().chain(rx.try_iter()) {
+            match m {
+                Persist::Changes(r) => pending.push_back(r),
+                Persist::Whole => {
+                    whole_since.get_or_insert_with(std::time::Instant::now);
+                    pending.clear();
+                }
+                Persist::Stop => stopping = true,
+            }
         }
-        // The state is copied under the lock (written outside it), giving
-        // way to any update that comes in meanwhile (copying 10M indicators
-        // takes seconds). Once it has gone unwritten for PERSIST_WITHIN, it
-        // no longer gives way, so that it is written under a steady stream
-        // of updates too (at the cost of one such stall per PERSIST_WITHIN).
-        let c = ctx.clone();
-        let yield_to_updates = written.elapsed() < PERSIST_WITHIN;
-        let r = tokio::task::spawn_blocking(move || {
-            let p = {
-                let s = lock(&c.synced);
-                persisted(&s, || yield_to_updates && c.update_waiting.load(Ordering::Acquire))
-            };
-            match p {
-                Some(p) => write_state(&c.config.state_dir, p).map(|()| true),
-                None => Ok(false),
+        failed = false;
+        if whole_since.is_none() && journal.len() > state_bytes.max(JOURNAL_FOLD_MIN_BYTES) {
+            whole_since = Some(std::time::Instant::now());
+        }
+        if let Some(since) = whole_since {
+            let yield_to_updates = !stopping && since.elapsed() < PERSIST_WITHIN;
+            match write_whole(&ctx, yield_to_updates) {
+                Ok(Some((revision, bytes))) => {
+                    (head, state_bytes, whole_since) = (revision, bytes, None);
+                    pending.retain(|r| r.to > revision);
+                    if let Err(e) = journal.drop_through(revision) {
+                        tracing::warn!("cannot trim the state journal in {}: {e}; will retry", dir.display());
+                        whole_since = Some(since);
+                        failed = true;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("{e}: will retry");
+                    failed = true;
+                }
             }
-        })
-        .await;
-        match r {
-            Ok(Ok(true)) => written = std::time::Instant::now(),
-            Ok(Ok(false)) => ctx.dirty.store(true, Ordering::Release),
-            Ok(Err(e)) => {
-                tracing::warn!("{e}: will retry");
-                ctx.dirty.store(true, Ordering::Release);
+        }
+        if whole_since.is_none() {
+            while let Some(r) = pending.front() {
+                if r.to <= head {
+                    pending.pop_front();
+                } else if r.since != head {
+                    // Cannot chain onto what is written (never expected):
+                    // write the state whole instead.
+                    whole_since = Some(std::time::Instant::now());
+                    break;
+                } else if let Err(e) = journal.append(r) {
+                    tracing::warn!("cannot append to the state journal in {}: {e}; will retry", dir.display());
+                    failed = true;
+                    break;
+                } else {
+                    head = r.to;
+                    pending.pop_front();
+                }
             }
-            Err(e) => tracing::warn!("state write: {e}"),
+        }
+        if stopping && (failed || (pending.is_empty() && whole_since.is_none())) {
+            if failed {
+                tracing::warn!("the last-known-good state in {} stays at revision {head}: the last writes failed", dir.display());
+            }
+            return;
         }
     }
+}
+
+/// Writes the state file whole: copied under the lock (giving way to any
+/// update that comes in meanwhile, if `yield_to_updates`: copying 10M
+/// indicators takes seconds), written outside it. Returns the revision and
+/// size written, `None` when it gave way.
+fn write_whole(ctx: &Ctx, yield_to_updates: bool) -> Result<Option<(u64, u64)>, String> {
+    let p = {
+        let s = lock(&ctx.synced);
+        persisted(&s, || yield_to_updates && ctx.update_waiting.load(Ordering::Acquire))
+    };
+    let Some(p) = p else { return Ok(None) };
+    let revision = p.revision;
+    let bytes = write_state(&ctx.config.state_dir, p)?;
+    Ok(Some((revision, bytes)))
 }
 
 async fn upload_loop(ctx: Arc<Ctx>) {

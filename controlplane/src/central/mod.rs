@@ -5,7 +5,8 @@
 //!   what Central shared ([`protocol::SyncedState`]);
 //! * [`http`] — HTTPS client and server plumbing (rustls, hyper);
 //! * [`client`] — the gateway's client: enrollment, sync, last-known-good
-//!   state, log and health upload ([`spool`]), third-party feeds;
+//!   state (its journal: [`state_journal`]), log and health upload
+//!   ([`spool`]), third-party feeds;
 //! * [`feeds`] — plain-list and STIX 2.1 feed parsing;
 //! * the reference Central (`hbgw-central`): [`ca`] (it issues endpoint and
 //!   server certificates), [`store`] (SQLite), [`server`] (the API).
@@ -21,4 +22,5 @@ pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod spool;
+pub mod state_journal;
 pub mod store;

@@ -796,7 +796,8 @@ impl SyncedState {
         }
         // What this update touches, by audit ID: (order, the indicator now,
         // whether the model had it before).
-        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>, bool)> = FxHashMap::default();
+        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>, bool)> =
+            FxHashMap::with_capacity_and_hasher(touches(changes).count(), Default::default());
         let mut seq = book.seq;
         let mut hides = Hides::new();
         let mut any = false;
@@ -862,7 +863,23 @@ impl SyncedState {
 
     /// Validates and compiles an answer from Central against this state,
     /// changing nothing. `limit` caps the indicators held.
-    pub fn prepare<'a>(&self, answer: &'a SyncAnswer, limit: usize) -> Result<Prepared, UpdateError> {
+    pub fn prepare(&self, answer: &SyncAnswer, limit: usize) -> Result<Prepared, UpdateError> {
+        self.prepare_with(answer, limit, true)
+    }
+
+    /// Validates a journaled answer of changes and applies it to the model
+    /// without compiling the indicators (call [`SyncedState::rebuild`] after
+    /// the last one). A snapshot is not a journal record: refused.
+    pub fn replay(&mut self, answer: &SyncAnswer, limit: usize) -> Result<(), UpdateError> {
+        if answer.snapshot.is_some() {
+            return Err(bad("a journal record holds a snapshot"));
+        }
+        let prepared = self.prepare_with(answer, limit, false)?;
+        self.commit(prepared);
+        Ok(())
+    }
+
+    fn prepare_with<'a>(&self, answer: &'a SyncAnswer, limit: usize, compile: bool) -> Result<Prepared, UpdateError> {
         if let Some(snap) = &answer.snapshot {
             let mut next = Self::from_snapshot(answer.revision, snap, limit)?;
             next.third_party = self.third_party.clone();
@@ -970,7 +987,7 @@ impl SyncedState {
         }
         tracing::debug!("sync answer validated in {:?}", t_validate.elapsed());
         let policy = policy_text.map(check_policy).transpose()?.map(|(_, c)| Some(c));
-        let book = if indicators_touched || settings.is_some() || exclusions.is_some() {
+        let book = if compile && (indicators_touched || settings.is_some() || exclusions.is_some()) {
             Some(self.incremental(&valid, settings, exclusions, limit)?)
         } else {
             None
@@ -994,9 +1011,15 @@ impl SyncedState {
             Pending::Changes(changes, book) => {
                 if let Some(o) = book {
                     if let Some(mark) = self.book.mark.as_mut() {
+                        // What the compaction's base holds of each audit ID
+                        // touched since the mark (to be hidden under this
+                        // change when it lands). Absent ones need no entry:
+                        // a later touch of one finds nothing in the base.
                         for (audit, _) in touches(&changes) {
-                            if !mark.before.contains_key(audit) {
-                                mark.before.insert(Box::from(audit), self.indicators.get(audit).cloned());
+                            if let Some(old) = self.indicators.get(audit) {
+                                if !mark.before.contains_key(audit) {
+                                    mark.before.insert(Box::from(audit), Some(old.clone()));
+                                }
                             }
                         }
                     }
@@ -1166,7 +1189,7 @@ mod tests {
             most_held = most_held.max(s.indicators.len());
             let o = s.book.overlay().clone();
             most_layers = most_layers.max(o.layers().len());
-            assert!(o.layers().len() <= hbgw_shared::indicator_overlay::MAX_LAYERS + 1, "round {round}: {} layers", o.layers().len());
+            assert!(o.layers().len() <= hbgw_shared::indicator_overlay::MAX_LAYERS_COMPACTING + 1, "round {round}: {} layers", o.layers().len());
             let full = s.build_indicators().unwrap();
             let sum = |m: hbgw_shared::indicators::IndicatorMatch<'_>| match m {
                 hbgw_shared::indicators::IndicatorMatch::NoMatch => None,

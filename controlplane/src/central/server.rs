@@ -170,10 +170,10 @@ impl Central {
         });
         // Batches committed before a stop (or a crash) and not yet in the
         // indicators table are materialised from the journal now.
-        let (weak, kick) = (Arc::downgrade(&me), me.materialize_kick.clone());
+        let (weak, kick, db) = (Arc::downgrade(&me), me.materialize_kick.clone(), dir.join("central.db"));
         std::thread::Builder::new()
             .name("central-materialize".into())
-            .spawn(move || materialize_loop(weak, kick))
+            .spawn(move || materialize_loop(weak, kick, &db))
             .map_err(|e| format!("cannot start Central's materialiser thread: {e}"))?;
         Ok(me)
     }
@@ -622,10 +622,15 @@ fn with_audit_ids(lines: &IndicatorLines, revision: u64) -> IndicatorLines {
 /// table, a thousand rows per transaction (so that no request waits long
 /// for the database), resting as long as it worked after each (at most
 /// half a core); at start, it finishes what a stop or crash left undone.
-/// Ends when Central is dropped. Its priority is *not* lowered: it holds the
-/// database's lock while it works, and a preempted holder would make a
-/// posted batch wait (priority inversion).
-fn materialize_loop(central: Weak<Central>, kick: Arc<(Mutex<bool>, Condvar)>) {
+/// Ends when Central is dropped. It runs at background priority: on a
+/// shared core, a posted batch's validation and its gateway's sync answer
+/// come first. It holds the database's lock while it works, so a posted
+/// batch may wait behind a preempted holder (priority inversion), but for
+/// one transaction of [`MATERIALIZE_ROWS`] at most. After each pass (at
+/// least every second) it checkpoints the database's write-ahead log over a
+/// connection of its own (commits never do: see [`Store::open`]).
+fn materialize_loop(central: Weak<Central>, kick: Arc<(Mutex<bool>, Condvar)>, db: &Path) {
+    crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
     loop {
         {
             let (m, cv) = &*kick;
@@ -652,6 +657,9 @@ fn materialize_loop(central: Weak<Central>, kick: Arc<(Mutex<bool>, Condvar)>) {
         }
         if central.strong_count() == 0 {
             return;
+        }
+        if let Err(e) = super::store::checkpoint_aside(db) {
+            tracing::warn!("checkpointing Central's database: {e}; retrying in a second");
         }
     }
 }

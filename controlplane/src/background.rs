@@ -1,0 +1,49 @@
+//! Priorities of the control plane's background threads.
+//!
+//! On a gateway the workers own their cores, and everything else (the
+//! control plane's runtime, Central's updates being applied, heartbeats)
+//! shares what is left. Work that is only ever catching up — rewriting the
+//! last-known-good state, folding indicator layers into a new base,
+//! Central's materialiser — runs at a lower priority, so that an update on
+//! its way to the workers never waits behind it for a core. It must never
+//! be used for a thread that holds a lock an update needs for long (a
+//! preempted holder would make the update wait: priority inversion).
+
+/// The niceness of catch-up threads (state writes, freeing a large
+/// answer, Central's materialiser): under contention they get ~1.5% of a
+/// core against a normal thread (CFS weights 15 : 1024), never nothing, and
+/// all of an idle one.
+pub const CATCH_UP_NICE: i32 = 19;
+
+/// The niceness of the indicator compaction: ~10% of a core against a
+/// normal thread (110 : 1024). Its result is what keeps every lookup to one
+/// probe, so it must not starve behind a steady stream of updates either.
+pub const COMPACTION_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to `nice` (see [`CATCH_UP_NICE`],
+/// [`COMPACTION_NICE`]). Failing is harmless (the thread runs at normal
+/// priority) and logged.
+pub fn lower_current_thread(nice: i32) {
+    // Linux applies a thread ID's niceness to that thread alone.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        tracing::debug!("cannot lower a background thread's priority ({e}); it runs at normal priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lowers_only_the_calling_thread() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let inside = std::thread::spawn(|| {
+            super::lower_current_thread(super::CATCH_UP_NICE);
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+        })
+        .join()
+        .unwrap();
+        if before <= super::CATCH_UP_NICE {
+            assert_eq!(inside, super::CATCH_UP_NICE);
+        }
+        assert_eq!(rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap(), before);
+    }
+}
