@@ -42,7 +42,7 @@ for r in $(seq 1 "$rounds"); do
     echo "${rows[-1]}"
 done
 
-stages=$(cargo run --release --quiet --example pipeline_stages -- "$out/state" 2>&1 | tail -n 13)
+stages=$(cargo run --release --quiet --example pipeline_stages -- "$out/state" 2>&1 | tail -n 15)
 echo "$stages"
 
 if [ "$record" = 1 ]; then

@@ -12,12 +12,14 @@
 //!   minus classify;
 //! * rules — the same with the 100-rule policy, minus lookups.
 //!
-//! Those four are measured with the flow cache off, so that they split the
-//! cost of deciding a frame in full. Then the full state with the flow cache
-//! on (the default, 65,536 entries), first on the trace as it is (each of
-//! its 4096 frames is its own flow, recurring every 4096 frames; a frame
-//! with a DNS/TLS/HTTP hint still has its hint checked against the
-//! indicators), then with more concurrent flows: on pass p over the trace
+//! Those four are measured with the flow cache and the quiet-hint cache off,
+//! so that they split the cost of deciding a frame in full. Then the full
+//! state with the flow cache on (the default, 65,536 entries), first on the
+//! trace as it is (each of its 4096 frames is its own flow, recurring every
+//! 4096 frames; a frame with a DNS/TLS/HTTP hint still has its hint checked
+//! against the indicators, unless the quiet-hint cache, on by default,
+//! remembers it matched none: the same row with that cache off shows what it
+//! saves), then with more concurrent flows: on pass p over the trace
 //! every frame's source port is moved by p mod V, so V variants of each flow
 //! take turns (V = 16, 64, 256: ~65k, ~262k, ~1M flows; one packet per flow
 //! every 4096 x V frames). The same rewriting runs with the cache off at the
@@ -187,7 +189,7 @@ fn main() {
     let mut frames = frames(&dir.join("traffic.pcap"));
     let offsets = sport_offsets(&frames);
     let packets = TARGET_PACKETS / rounds;
-    let no_cache = |s: EnforcementSection| EnforcementSection { flow_cache_entries: 0, ..s };
+    let no_cache = |s: EnforcementSection| EnforcementSection { flow_cache_entries: 0, hint_cache_entries: 0, ..s };
 
     let (mut empty, _l1) = pipeline(&no_cache(EnforcementSection::default()));
     let t = Instant::now();
@@ -195,10 +197,14 @@ fn main() {
         policy: Some(dir.join("policy.toml")),
         threat_feed: Some(dir.join("feed.toml")),
         endpoints: Some(dir.join("endpoints.toml")),
-        // FLOW_CACHE_ENTRIES=N measures another cache size.
+        // FLOW_CACHE_ENTRIES=N and HINT_CACHE_ENTRIES=N measure other cache sizes.
         flow_cache_entries: std::env::var("FLOW_CACHE_ENTRIES")
             .map_or(EnforcementSection::default().flow_cache_entries, |v| {
                 v.parse().expect("FLOW_CACHE_ENTRIES is a number")
+            }),
+        hint_cache_entries: std::env::var("HINT_CACHE_ENTRIES")
+            .map_or(EnforcementSection::default().hint_cache_entries, |v| {
+                v.parse().expect("HINT_CACHE_ENTRIES is a number")
             }),
         ..Default::default()
     };
@@ -210,10 +216,14 @@ fn main() {
     // Flow-cached pipelines over the same published state: a fresh one for
     // each measurement, so that one run's cache contents (or its decision
     // to sit out for lack of hits) do not carry into the next.
-    let new_cached = || {
+    let new_cached = |hint_cache_entries: usize| {
         Standalone::new(
             &loaded.state,
-            EnforcementConfig { flow_cache_entries: full_section.flow_cache_entries, ..loaded.config.clone() },
+            EnforcementConfig {
+                flow_cache_entries: full_section.flow_cache_entries,
+                hint_cache_entries,
+                ..loaded.config.clone()
+            },
             vec![port_context(0), port_context(1)],
             1 << 40,
         )
@@ -224,6 +234,8 @@ fn main() {
     let mut cached_results: [Vec<(f64, f64)>; VARIANTS.len()] = Default::default();
     let mut cache_rates = [(0u64, 0u64); VARIANTS.len()];
     let mut sat_out = [0u64; VARIANTS.len()];
+    let mut hint_rates = [(0u64, 0u64); VARIANTS.len()];
+    let mut no_hint_cache: Vec<(f64, f64)> = Vec::new();
     let mut churn_no_cache: Vec<(f64, f64)> = Vec::new();
     let mut dropped = 0usize;
     let mut decided = 0usize;
@@ -275,7 +287,7 @@ fn main() {
             housekeeping,
         ));
         for (k, &v) in VARIANTS.iter().enumerate() {
-            let mut cached = new_cached();
+            let mut cached = new_cached(full_section.hint_cache_entries);
             let before = cache_counts(&cached);
             cached_results[k].push(measure_flows(
                 &mut frames,
@@ -295,7 +307,24 @@ fn main() {
             cache_rates[k].0 += after.0 - before.0;
             cache_rates[k].1 += after.1 - before.1;
             sat_out[k] += cached.counters.misc.flow_cache_bypassed_periods.load(Relaxed);
+            let m = &cached.counters.misc;
+            hint_rates[k].0 += m.hint_cache_hits.load(Relaxed);
+            hint_rates[k].1 += m.hint_cache_misses.load(Relaxed);
         }
+        // The trace as it is again, without the quiet-hint cache: every hint
+        // of a flow-cached frame looked up in the indicators.
+        let mut cached = new_cached(0);
+        no_hint_cache.push(measure_flows(
+            &mut frames,
+            &offsets,
+            1,
+            packets,
+            &mut cached,
+            |p, f, now| {
+                run(p, f, now);
+            },
+            housekeeping,
+        ));
         churn_no_cache.push(measure_flows(
             &mut frames,
             &offsets,
@@ -325,22 +354,31 @@ fn main() {
         100.0 * dropped as f64 / decided.max(1) as f64
     );
     println!(
-        "full state, flow cache on ({} entries; {:.0}% of frames have a DNS/TLS/HTTP hint, checked on a hit)",
+        "full state, flow cache on ({} entries; {:.0}% of frames have a DNS/TLS/HTTP hint, checked on a hit;",
         full_section.flow_cache_entries,
         100.0 * (1.0 - plain)
     );
+    println!("  quiet-hint cache {} entries)", full_section.hint_cache_entries);
+    let percent = |(h, m): (u64, u64)| 100.0 * h as f64 / (h + m).max(1) as f64;
     for (k, &v) in VARIANTS.iter().enumerate() {
         let m = median(cached_results[k].clone());
-        let (h, mi) = cache_rates[k];
         println!(
-            "  ~{:>7} flows (x{v:<3})              {:6.1}  {:6.1}   ({:.1}% of lookups hit; sat out {} periods of ~1M frames)",
+            "  ~{:>7} flows (x{v:<3})              {:6.1}  {:6.1}   ({:.1}% of lookups hit, hints {:.1}%; sat out {} periods of ~1M frames)",
             offsets.len() * usize::from(v),
             m.0,
             m.1,
-            100.0 * h as f64 / (h + mi).max(1) as f64,
+            percent(cache_rates[k]),
+            percent(hint_rates[k]),
             sat_out[k]
         );
     }
+    let h = median(no_hint_cache);
+    println!(
+        "  ~{:>7} flows (x1), hint cache off  {:6.1}  {:6.1}   (every hint of a cached flow looked up)",
+        offsets.len(),
+        h.0,
+        h.1
+    );
     let c = median(churn_no_cache);
     println!(
         "  ~{:>7} flows, flow cache off      {:6.1}  {:6.1}   (same frames, {:.1}% not forwarded with the cache)",

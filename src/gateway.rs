@@ -188,6 +188,7 @@ pub fn load_enforcement(section: &EnforcementSection) -> Result<LoadedState> {
         },
         gateway_ips: section.gateway_addresses.clone(),
         flow_cache_entries: section.flow_cache_entries,
+        hint_cache_entries: section.hint_cache_entries,
     };
     Ok(LoadedState { state, writer, config, port_zones, missing_zones })
 }

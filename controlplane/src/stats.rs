@@ -232,6 +232,8 @@ impl StatsAggregator {
                 .iter()
                 .map(|w| w.counters.misc.flow_cache_bypassed_periods.load(Relaxed))
                 .sum(),
+            hint_cache_hits: self.workers.iter().map(|w| w.counters.misc.hint_cache_hits.load(Relaxed)).sum(),
+            hint_cache_misses: self.workers.iter().map(|w| w.counters.misc.hint_cache_misses.load(Relaxed)).sum(),
             enforcing: self.mode.0,
             tap_mode: self.mode.1,
             central: self.central.as_ref().map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).clone()),

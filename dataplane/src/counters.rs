@@ -49,6 +49,11 @@ pub struct MiscCounters {
     pub flow_cache_misses: AtomicU64,
     /// Flush periods the flow cache sat out because too few lookups hit.
     pub flow_cache_bypassed_periods: AtomicU64,
+    /// Application hints of flow-cached frames found quiet in the
+    /// quiet-hint cache (no indicator lookup).
+    pub hint_cache_hits: AtomicU64,
+    /// Such hints looked up in the indicators (not cached, or too long to be).
+    pub hint_cache_misses: AtomicU64,
 }
 
 /// A snapshot of [`PortCounters`].

@@ -23,6 +23,7 @@
 //! [`CompiledPolicy::evaluate`]: hbgw_shared::policy::CompiledPolicy::evaluate
 
 use crate::events::{EventKind, InlineStr, ThreatModule, WorkerEvent};
+use crate::hint_cache::{HintCache, HintKey};
 use crate::parse::dns::DnsName;
 use crate::parse::{AppHint, Network, ParsedFrame};
 use crate::verdict::{DropReason, Verdict};
@@ -30,7 +31,7 @@ use hbgw_shared::endpoint::{EndpointHealth, EndpointSnapshot, MacAddr};
 use hbgw_shared::indicator_overlay::IndicatorOverlay;
 use hbgw_shared::indicators::{FeedAction, IndicatorMatch};
 use hbgw_shared::policy::{DecisionReason, FlowKey, PolicyDecision, PortRole, RuleAction};
-use hbgw_shared::state::StateView;
+use hbgw_shared::state::{StateView, WorkerView};
 use std::net::IpAddr;
 
 /// What to do with frames whose headers do not parse.
@@ -73,6 +74,8 @@ pub struct EnforcementConfig {
     pub gateway_ips: Vec<IpAddr>,
     /// Entries in the pipeline's flow cache ([`crate::flow_cache`]); 0: off.
     pub flow_cache_entries: usize,
+    /// Entries in the decide stage's quiet-hint cache ([`crate::hint_cache`]); 0: off.
+    pub hint_cache_entries: usize,
 }
 
 impl Default for EnforcementConfig {
@@ -83,6 +86,7 @@ impl Default for EnforcementConfig {
             lateral: LateralMovement::default(),
             gateway_ips: Vec::new(),
             flow_cache_entries: hbgw_shared::config::DEFAULT_FLOW_CACHE_ENTRIES,
+            hint_cache_entries: hbgw_shared::config::DEFAULT_HINT_CACHE_ENTRIES,
         }
     }
 }
@@ -161,6 +165,8 @@ fn policy_reason(d: &PolicyDecision) -> DropReason {
 pub struct Enforcer {
     config: EnforcementConfig,
     dns_name: DnsName,
+    /// Hints that matched no indicator (`None`: off).
+    hints: Option<HintCache>,
 }
 
 /// The facts of one frame that every event repeats.
@@ -176,12 +182,18 @@ struct Facts<'a> {
 impl Enforcer {
     /// A decide stage with `config`.
     pub fn new(config: EnforcementConfig) -> Self {
-        Self { config, dns_name: DnsName::new() }
+        let hints = HintCache::new(config.hint_cache_entries);
+        Self { config, dns_name: DnsName::new(), hints }
     }
 
     /// The configuration.
     pub fn config(&self) -> &EnforcementConfig {
         &self.config
+    }
+
+    /// The quiet-hint cache's hits and misses so far (`None`: it is off).
+    pub fn hint_cache_counts(&self) -> Option<(u64, u64)> {
+        self.hints.as_ref().map(|h| (h.hits, h.misses))
     }
 
     fn event(&self, f: &Facts<'_>, kind: EventKind, reason: &'static str, dropped: bool) -> WorkerEvent {
@@ -244,19 +256,57 @@ impl Enforcer {
     /// without its events. When it holds, the hint changes nothing, and a
     /// frame of a flow whose verdict is cached gets that verdict
     /// ([`crate::flow_cache`]). Excluded matches are silent, as in `decide`.
+    ///
+    /// `epoch` is the state's change counter, read before the indicators
+    /// (from `view`, only when they are looked up): a hint that matched
+    /// nothing at all is remembered under it ([`crate::hint_cache`]), and the
+    /// next frame with the same hint in the same state skips the lookups.
     #[inline]
-    pub fn app_hint_is_silent(&mut self, app: Option<AppHint<'_>>, indicators: &IndicatorOverlay) -> bool {
-        let quiet = |m: IndicatorMatch<'_>| !matches!(m, IndicatorMatch::Hit(_));
+    pub fn app_hint_is_silent(&mut self, app: Option<AppHint<'_>>, view: &mut WorkerView, epoch: u64) -> bool {
+        let Some(app) = app else { return true };
+        let Some(hints) = self.hints.as_mut() else { return self.hint_lookups(app, view.indicators()).0 };
+        let key = match app {
+            AppHint::DnsQuery(q) => HintKey::dns(&q),
+            AppHint::TlsSni(sni) => HintKey::sni(sni),
+            AppHint::HttpRequest(req) => req.host().and_then(|host| HintKey::http(host, req.path)),
+        };
+        let Some(key) = key else { return self.hint_lookups(app, view.indicators()).0 };
+        let miss = match hints.lookup(&key, epoch) {
+            Ok(()) => return true,
+            Err(miss) => miss,
+        };
+        let (silent, no_match) = self.hint_lookups(app, view.indicators());
+        if no_match {
+            if let Some(hints) = self.hints.as_mut() {
+                hints.insert(miss, &key, epoch);
+            }
+        }
+        silent
+    }
+
+    /// The indicator lookups of a hint: whether none would be logged (no
+    /// hit; an excluded match is silent), and whether none matched at all
+    /// (what the quiet-hint cache may remember).
+    #[inline]
+    fn hint_lookups(&mut self, app: AppHint<'_>, indicators: &IndicatorOverlay) -> (bool, bool) {
+        let quiet = |m: IndicatorMatch<'_>| (!matches!(m, IndicatorMatch::Hit(_)), m == IndicatorMatch::NoMatch);
         match app {
-            None => true,
-            Some(AppHint::DnsQuery(q)) => {
+            AppHint::DnsQuery(q) => {
                 q.decode_into(&mut self.dns_name);
                 quiet(indicators.match_domain(self.dns_name.as_bytes()))
             }
-            Some(AppHint::TlsSni(sni)) => quiet(indicators.match_domain(sni)),
-            Some(AppHint::HttpRequest(req)) => match req.host() {
-                Some(host) => quiet(indicators.match_url(host, req.path)) && quiet(indicators.match_domain(host)),
-                None => true,
+            AppHint::TlsSni(sni) => quiet(indicators.match_domain(sni)),
+            AppHint::HttpRequest(req) => match req.host() {
+                Some(host) => {
+                    let (silent, no_match) = quiet(indicators.match_url(host, req.path));
+                    if !silent {
+                        return (false, false);
+                    }
+                    // As `decide`: the domain lookup only when the URL one logs nothing.
+                    let (silent, domain_no_match) = quiet(indicators.match_domain(host));
+                    (silent, no_match && domain_no_match)
+                }
+                None => (true, true),
             },
         }
     }

@@ -13,6 +13,8 @@
 //!   publishes ([`hbgw_shared::state`]); [`events`] carries what it logs;
 //!   [`flow_cache`] keeps the verdict of a flow's frames that carry no
 //!   application hint, valid until the state's change counter moves;
+//!   [`hint_cache`] remembers the hints that matched no indicator, so that a
+//!   flow-cached frame with a hint seen before skips the indicator lookups;
 //! * [`worker`] — the poll loop: `rx_burst` -> pipeline -> `tx_burst`, unsent
 //!   frames freed and counted;
 //! * [`seen_macs`] — which source MACs sent traffic on which port, flushed
@@ -32,6 +34,7 @@ pub mod counters;
 pub mod enforce;
 pub mod events;
 pub mod flow_cache;
+pub mod hint_cache;
 pub mod io;
 pub mod latency;
 pub mod parse;

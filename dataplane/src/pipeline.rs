@@ -7,7 +7,7 @@
 //! straight from its bytes, any other after it is parsed in place,
 //! [`crate::parse`]): a frame whose flow was decided since the state last
 //! changed takes that verdict once its application hint, if any, matched
-//! no indicator. Any other frame has its source MAC noted for the
+//! no indicator (or the [`crate::hint_cache`] knows it matches none). Any other frame has its source MAC noted for the
 //! missing-heartbeat timers ([`crate::seen_macs`]) and is decided by
 //! [`crate::enforce`] against the state the control plane publishes. In tap
 //! mode every verdict is computed, counted and logged, and nothing is dropped.
@@ -142,6 +142,10 @@ impl Pipeline {
                 misc.flow_cache_misses.store(flows.misses, std::sync::atomic::Ordering::Relaxed);
                 misc.flow_cache_bypassed_periods.store(flows.bypassed_periods, std::sync::atomic::Ordering::Relaxed);
             }
+            if let Some((hits, misses)) = ctx.enforcer.hint_cache_counts() {
+                misc.hint_cache_hits.store(hits, std::sync::atomic::Ordering::Relaxed);
+                misc.hint_cache_misses.store(misses, std::sync::atomic::Ordering::Relaxed);
+            }
             // Let go of state replaced since the last frame that needed it
             // (cache hits do not refresh the view).
             ctx.view.refresh();
@@ -165,7 +169,7 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
             match flows.lookup(&key, epoch, ctx.seen.period()) {
                 Ok(hit) => {
                     let app = l4.app_hint();
-                    if reuse(ctx, &hit, app) {
+                    if reuse(ctx, &hit, app, epoch) {
                         let src_mac = [frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]];
                         return cached(ctx, hit, src_mac, ingress_slot, config_tap);
                     }
@@ -198,7 +202,7 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
         (Some(flows), None) if flows.active() && !decide_in_full => match FlowCacheKey::of(pf, ingress_slot) {
             Some(key) => match flows.lookup(&key, epoch, ctx.seen.period()) {
                 Ok(hit) => {
-                    if reuse(ctx, &hit, pf.app) {
+                    if reuse(ctx, &hit, pf.app, epoch) {
                         return cached(ctx, hit, pf.src_mac, ingress_slot, config_tap);
                     }
                     None
@@ -239,8 +243,8 @@ fn enforce(ctx: &mut Enforcing, frame: &[u8], ingress_slot: usize) -> Verdict {
 /// decide stage would, and only if that finds nothing to log is the flow's
 /// verdict the frame's (a punt comes before any indicator).
 #[inline(always)]
-fn reuse(ctx: &mut Enforcing, hit: &Hit, app: Option<AppHint<'_>>) -> bool {
-    app.is_none() || hit.verdict == Verdict::Punt || ctx.enforcer.app_hint_is_silent(app, ctx.view.refresh().indicators)
+fn reuse(ctx: &mut Enforcing, hit: &Hit, app: Option<AppHint<'_>>, epoch: u64) -> bool {
+    app.is_none() || hit.verdict == Verdict::Punt || ctx.enforcer.app_hint_is_silent(app, &mut ctx.view, epoch)
 }
 
 /// A frame that takes its flow's cached verdict: its source MAC is still

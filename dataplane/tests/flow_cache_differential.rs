@@ -1,8 +1,13 @@
-//! The flow cache must never change a verdict or an event: two pipelines
-//! over the same published state, one with a (deliberately small) flow cache
-//! and one without, are fed the same random interleaving of frames and state
-//! changes (health, endpoint bindings, policy, indicators, exclusions, feed
-//! settings), and must agree on every verdict and every event.
+//! The flow cache and the quiet-hint cache must never change a verdict or an
+//! event: two pipelines over the same published state, one with
+//! (deliberately small) caches and one without, are fed the same random
+//! interleaving of frames and state changes (health, endpoint bindings,
+//! policy, indicators by address, domain and URL, exclusions, feed
+//! settings), and must agree on every verdict and every event. Frames repeat
+//! application hints (DNS names, TLS server names, HTTP hosts and paths) in
+//! other letter cases, under and beside listed domains, and too long for the
+//! hint cache, so that a remembered "no match" that a state change or a case
+//! or path difference should overturn would show.
 
 mod common;
 use common::*;
@@ -94,16 +99,46 @@ fn policy(i: usize) -> CompiledPolicy {
     Policy::parse(POLICIES[i], Path::new("p.toml")).unwrap().compile().unwrap()
 }
 
+/// Names that DNS queries, TLS server names and HTTP hosts ask for: listed
+/// or not, in other cases, under a listed domain, as long as a hint cache
+/// entry holds and longer.
+const NAMES: [&str; 9] = [
+    "good.example",
+    "GOOD.Example",
+    "www.bad.example",
+    "ok.example",
+    "Ok.Example",
+    "x.ok.example",
+    "a-name-longer-than-a-quiet-hint-cache-entry-holds.bad.example",
+    // As long as an entry holds (56 bytes in DNS wire form), one listed and
+    // one not, different in their last byte only.
+    "a-name-that-fills-a-hint-cache-entry-whole.bad.example",
+    "a-name-that-fills-a-hint-cache-entry-whole.bad.exampla",
+];
+
+/// Paths of HTTP requests (URL indicators match them case-sensitively).
+const PATHS: [&str; 4] = ["/", "/bad", "/BAD", "/bad/more"];
+
+/// Domain and URL indicators a state may list (by position).
+const NAME_INDICATORS: [&str; 5] =
+    ["bad.example", "good.example", "http://ok.example/bad", "x.ok.example", "http://good.example/"];
+
+/// Domain and URL exclusions a state may list (by position).
+const NAME_EXCLUSIONS: [&str; 3] = ["ok.example", "http://ok.example/bad/more", "www.bad.example"];
+
 #[derive(Debug, Clone)]
 enum Op {
-    /// A frame from host `src` to host `dst`: kind 0 TCP, 1 UDP, 2 DNS query,
-    /// 3 TLS ClientHello, 4 HTTP request, 5 TCP in VLAN 7.
+    /// A frame from host `src` to host `dst`: kind 0 TCP, 1 UDP, 2 DNS query
+    /// (UDP to port 53), 3 TLS ClientHello, 4 HTTP request, 5 TCP in VLAN 7;
+    /// hints ask for `NAMES[name]` (HTTP: at `PATHS[path]`).
     Frame {
         src: usize,
         dst: usize,
         kind: u8,
         port: u16,
         wan: bool,
+        name: usize,
+        path: usize,
     },
     Health {
         host: usize,
@@ -118,9 +153,30 @@ enum Op {
         host: usize,
     },
     Policy(usize),
-    /// The indicator set: these hosts' IPs, plus the domain `bad.example`.
+    /// Frames on one flow from host `src` to host `dst`, one after the
+    /// other: UDP to port 53 or TCP to `port`, each `(hint, which name,
+    /// which path)`: hint 0 none, 1 a DNS query (UDP) or TLS ClientHello
+    /// (TCP), 2 an HTTP request (TCP), for one of the burst's two `names`
+    /// (of `NAMES`) at one of its two `paths` (of `PATHS`). So that a flow's
+    /// cached verdict meets the same hints, and hints that differ in a
+    /// letter's case or a path, again and again.
+    Burst {
+        src: usize,
+        dst: usize,
+        wan: bool,
+        udp: bool,
+        port: u16,
+        names: [usize; 2],
+        paths: [usize; 2],
+        frames: Vec<(u8, usize, usize)>,
+    },
+    /// The indicator set: these hosts' IPs.
     Indicators(Vec<usize>),
     Exclusions(Vec<usize>),
+    /// The domain and URL indicators: these of `NAME_INDICATORS`.
+    NameIndicators(Vec<usize>),
+    /// The domain and URL exclusions: these of `NAME_EXCLUSIONS`.
+    NameExclusions(Vec<usize>),
     LogOnly(bool),
 }
 
@@ -128,26 +184,56 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         // Few hosts and ports, so that flows repeat between state changes
         // and the cache answers (and any key field it ignored would show).
-        16 => (0..3usize, prop_oneof![Just(1usize), Just(4), Just(5)], 0u8..6, 7u16..10, any::<bool>())
-            .prop_map(|(src, dst, kind, port, wan)| Op::Frame { src, dst, kind, port, wan }),
+        16 => (
+            (
+                0..3usize,
+                prop_oneof![Just(1usize), Just(4), Just(5)],
+                0u8..6,
+                prop_oneof![7u16..10, Just(53)],
+                any::<bool>(),
+            ),
+            (0..NAMES.len(), 0..PATHS.len()),
+        )
+            .prop_map(|((src, dst, kind, port, wan), (name, path))| {
+                Op::Frame { src, dst, kind, port, wan, name, path }
+            }),
+        8 => (
+            (0..3usize, prop_oneof![Just(1usize), Just(4), Just(5)], any::<bool>(), any::<bool>(), 7u16..10),
+            ([0..NAMES.len(), 0..NAMES.len()], [0..PATHS.len(), 0..PATHS.len()]),
+            proptest::collection::vec((0u8..3, 0..2usize, 0..2usize), 2..8),
+        )
+            .prop_map(|((src, dst, wan, udp, port), (names, paths), frames)| Op::Burst {
+                src,
+                dst,
+                wan,
+                udp,
+                port,
+                names,
+                paths,
+                frames,
+            }),
         2 => (0..4usize, 0..HEALTHS.len()).prop_map(|(host, health)| Op::Health { host, health }),
         1 => (0..4usize, 0..HOSTS).prop_map(|(host, other)| Op::Rebind { host, other }),
         1 => (0..4usize).prop_map(|host| Op::Remove { host }),
         1 => (0..2usize).prop_map(Op::Policy),
         1 => proptest::collection::vec(0..HOSTS, 0..3).prop_map(Op::Indicators),
         1 => proptest::collection::vec(0..HOSTS, 0..2).prop_map(Op::Exclusions),
+        1 => proptest::collection::vec(0..NAME_INDICATORS.len(), 0..3).prop_map(Op::NameIndicators),
+        1 => proptest::collection::vec(0..NAME_EXCLUSIONS.len(), 0..2).prop_map(Op::NameExclusions),
         1 => any::<bool>().prop_map(Op::LogOnly),
     ]
 }
 
-fn frame(src: usize, dst: usize, kind: u8, port: u16) -> Vec<u8> {
+fn frame(src: usize, dst: usize, kind: u8, port: u16, name: &str, path: &str) -> Vec<u8> {
     let (sm, dm, si, di) = (mac(src), mac(dst), ip(src), ip(dst));
     match kind {
         0 => tcp(sm, dm, si, di, 40000, port, b""),
         1 => udp(sm, dm, si, di, 40000, port, b"x"),
-        2 => udp(sm, dm, si, di, 40001, 53, &dns_query(if port == 7 { "www.bad.example" } else { "good.example" })),
-        3 => tcp(sm, dm, si, di, 40002, 443, &client_hello(if port == 8 { "bad.example" } else { "ok.example" })),
-        4 => tcp(sm, dm, si, di, 40003, 80, &http_get(if port == 9 { "bad.example" } else { "ok.example" }, "/")),
+        // Hints on the same flows as the plain frames above (same ports),
+        // so that a flow's cached verdict meets its hints.
+        2 => udp(sm, dm, si, di, 40000, 53, &dns_query(name)),
+        3 => tcp(sm, dm, si, di, 40000, port, &client_hello(name)),
+        4 => tcp(sm, dm, si, di, 40000, port, &http_get(name, path)),
         _ => vlan_tcp(sm, dm, 7, si, di, port),
     }
 }
@@ -170,10 +256,14 @@ struct Bed {
     settings: ThreatFeedSettings,
     indicators: Vec<usize>,
     exclusions: Vec<usize>,
+    name_indicators: Vec<usize>,
+    name_exclusions: Vec<usize>,
 }
 
 impl Bed {
-    fn new(cache_entries: usize) -> Bed {
+    /// A flow cache of `cache_entries` and a quiet-hint cache of
+    /// `hint_entries` against no caches at all.
+    fn new(cache_entries: usize, hint_entries: usize) -> Bed {
         let (state, mut writer) = GatewayState::new(policy(0), IndicatorSet::empty());
         for (h, health) in HEALTHS.iter().enumerate().take(4) {
             writer.upsert(endpoint(h, None, *health));
@@ -184,9 +274,13 @@ impl Bed {
                 PortContext { role: PortRole::Wan, peer_role: PortRole::Lan },
             ]
         };
-        let config = |entries| EnforcementConfig { flow_cache_entries: entries, ..Default::default() };
-        let cached = Standalone::new(&state, config(cache_entries), ports(), 0);
-        let plain = Standalone::new(&state, config(0), ports(), 0);
+        let config = |flows, hints| EnforcementConfig {
+            flow_cache_entries: flows,
+            hint_cache_entries: hints,
+            ..Default::default()
+        };
+        let cached = Standalone::new(&state, config(cache_entries, hint_entries), ports(), 0);
+        let plain = Standalone::new(&state, config(0, 0), ports(), 0);
         Bed {
             state,
             writer,
@@ -195,6 +289,9 @@ impl Bed {
             settings: ThreatFeedSettings::default(),
             indicators: vec![],
             exclusions: vec![],
+            // Listed from the first publication on: bad.example.
+            name_indicators: vec![0],
+            name_exclusions: vec![],
         }
     }
 
@@ -211,8 +308,12 @@ impl Bed {
                 }
             })
             .collect();
-        feed.push(ThreatIndicator { kind: "bad.example".parse().unwrap(), audit_id: "DOM".into(), feed: "mdr".into() });
-        let exclusions: Vec<ThreatExclusion> = self
+        feed.extend(self.name_indicators.iter().map(|&i| ThreatIndicator {
+            kind: NAME_INDICATORS[i].parse().unwrap(),
+            audit_id: format!("NAME-{i}").as_str().into(),
+            feed: "mdr".into(),
+        }));
+        let mut exclusions: Vec<ThreatExclusion> = self
             .exclusions
             .iter()
             .map(|h| {
@@ -220,24 +321,51 @@ impl Bed {
                 format!("{a}.{b}.{c}.{d}").parse().unwrap()
             })
             .collect();
+        exclusions.extend(self.name_exclusions.iter().map(|&i| NAME_EXCLUSIONS[i].parse::<ThreatExclusion>().unwrap()));
         self.state.set_indicators(IndicatorSet::build(&feed, &exclusions, &self.settings).unwrap());
     }
 
-    /// Applies `op`; for a frame, checks both pipelines agree.
+    /// Feeds `f` to both pipelines; checks they agree on its verdict and events.
+    fn compare(
+        &mut self,
+        f: &[u8],
+        slot: usize,
+        now: &mut u64,
+        what: &dyn std::fmt::Debug,
+    ) -> Result<(), TestCaseError> {
+        *now += 1000;
+        self.cached.pipeline.begin_burst(*now);
+        self.plain.pipeline.begin_burst(*now);
+        let a = self.cached.pipeline.verdict(f, slot);
+        let b = self.plain.pipeline.verdict(f, slot);
+        prop_assert_eq!(a, b, "verdict of {:?}", what);
+        let ea: Vec<WorkerEvent> = self.cached.events.try_iter().collect();
+        let eb: Vec<WorkerEvent> = self.plain.events.try_iter().collect();
+        prop_assert_eq!(ea, eb, "events of {:?}", what);
+        Ok(())
+    }
+
+    /// Applies `op`; for frames, checks both pipelines agree.
     fn apply(&mut self, op: &Op, now: &mut u64) -> Result<(), TestCaseError> {
         match op {
-            Op::Frame { src, dst, kind, port, wan } => {
-                let f = frame(*src, *dst, *kind, *port);
-                *now += 1000;
-                let slot = usize::from(*wan);
-                self.cached.pipeline.begin_burst(*now);
-                self.plain.pipeline.begin_burst(*now);
-                let a = self.cached.pipeline.verdict(&f, slot);
-                let b = self.plain.pipeline.verdict(&f, slot);
-                prop_assert_eq!(a, b, "verdict of {:?}", op);
-                let ea: Vec<WorkerEvent> = self.cached.events.try_iter().collect();
-                let eb: Vec<WorkerEvent> = self.plain.events.try_iter().collect();
-                prop_assert_eq!(ea, eb, "events of {:?}", op);
+            Op::Frame { src, dst, kind, port, wan, name, path } => {
+                let f = frame(*src, *dst, *kind, *port, NAMES[*name], PATHS[*path]);
+                self.compare(&f, usize::from(*wan), now, op)?;
+            }
+            Op::Burst { src, dst, wan, udp, port, names, paths, frames } => {
+                for (i, &(hint, name, path)) in frames.iter().enumerate() {
+                    let (name, path) = (names[name], paths[path]);
+                    let kind = match (udp, hint) {
+                        (true, 0) => 1,
+                        (true, _) => 2,
+                        (false, 0) => 0,
+                        (false, 1) => 3,
+                        (false, _) => 4,
+                    };
+                    let port = if *udp { 53 } else { *port };
+                    let f = frame(*src, *dst, kind, port, NAMES[name], PATHS[path]);
+                    self.compare(&f, usize::from(*wan), now, &format!("frame {i} of {op:?}"))?;
+                }
             }
             Op::Health { host, health } => {
                 let _ = self.writer.set_health(EndpointId(*host as u64 + 1), HEALTHS[*health]);
@@ -258,6 +386,14 @@ impl Bed {
                 self.exclusions = hosts.clone();
                 self.publish_indicators();
             }
+            Op::NameIndicators(names) => {
+                self.name_indicators = names.clone();
+                self.publish_indicators();
+            }
+            Op::NameExclusions(names) => {
+                self.name_exclusions = names.clone();
+                self.publish_indicators();
+            }
             Op::LogOnly(on) => {
                 self.settings.action = if *on { FeedAction::LogOnly } else { FeedAction::LogAndDrop };
                 self.state.set_feed_settings(&self.settings);
@@ -271,8 +407,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn cached_and_uncached_pipelines_agree(ops in proptest::collection::vec(op(), 1..200), entries in prop_oneof![Just(2usize), Just(8), Just(1024)]) {
-        let mut bed = Bed::new(entries);
+    fn cached_and_uncached_pipelines_agree(
+        ops in proptest::collection::vec(op(), 1..200),
+        entries in prop_oneof![Just(2usize), Just(8), Just(1024)],
+        hint_entries in prop_oneof![Just(0usize), Just(2), Just(8), Just(1024)],
+    ) {
+        let mut bed = Bed::new(entries, hint_entries);
         let mut now = 0;
         for op in &ops {
             bed.apply(op, &mut now)?;
@@ -284,12 +424,12 @@ proptest! {
 /// the very next frame's verdict.
 #[test]
 fn a_health_change_overrides_a_cached_verdict_on_the_next_frame() {
-    let mut bed = Bed::new(1024);
+    let mut bed = Bed::new(1024, 1024);
     bed.state.set_policy(policy(1));
-    let f = frame(0, 1, 0, 7); // host 0 (green) -> host 1, TCP 7: needs source >= yellow
+    let f = frame(0, 1, 0, 7, "", ""); // host 0 (green) -> host 1, TCP 7: needs source >= yellow
     let mut now = 0;
     for _ in 0..10 {
-        bed.apply(&Op::Frame { src: 0, dst: 1, kind: 0, port: 7, wan: false }, &mut now).unwrap();
+        bed.apply(&Op::Frame { src: 0, dst: 1, kind: 0, port: 7, wan: false, name: 0, path: 0 }, &mut now).unwrap();
     }
     bed.cached.pipeline.housekeeping();
     let misc = &bed.cached.counters.misc;
@@ -309,8 +449,8 @@ fn a_health_change_overrides_a_cached_verdict_on_the_next_frame() {
 /// missing-heartbeat timers, once per flush period.
 #[test]
 fn cached_frames_still_report_their_source_mac_every_period() {
-    let mut bed = Bed::new(1024);
-    let f = frame(0, 5, 0, 7);
+    let mut bed = Bed::new(1024, 1024);
+    let f = frame(0, 5, 0, 7, "", "");
     for period in 0..3 {
         for _ in 0..5 {
             bed.cached.pipeline.verdict(&f, 0);
@@ -321,4 +461,31 @@ fn cached_frames_still_report_their_source_mac_every_period() {
         assert_eq!(report.macs[0].mac(), mac(0));
         bed.cached.seen_macs.spares[0].send(report.macs).unwrap();
     }
+}
+
+/// The quiet-hint cache answers the repeated hint of a cached flow (in any
+/// letter case), and a domain listed since drops the very next frame that
+/// asks for it.
+#[test]
+fn a_newly_listed_domain_overrides_a_remembered_quiet_hint() {
+    let mut bed = Bed::new(1024, 1024);
+    let mut now = 0;
+    // Host 0 (green, LAN) asks for good.example, then GOOD.Example.
+    for name in [0, 0, 0, 0, 0, 1, 1, 1, 1, 1] {
+        bed.apply(&Op::Frame { src: 0, dst: 5, kind: 2, port: 53, wan: false, name, path: 0 }, &mut now).unwrap();
+    }
+    let f = frame(0, 5, 2, 53, NAMES[1], "/");
+    assert_eq!(bed.cached.pipeline.verdict(&f, 0), Verdict::Forward);
+    bed.cached.pipeline.housekeeping();
+    let misc = &bed.cached.counters.misc;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // The first frame is decided in full; the second is the flow's first
+    // hit and looks its hint up; the other nine find it quiet.
+    assert_eq!((load(&misc.flow_cache_hits), load(&misc.flow_cache_misses)), (10, 1));
+    assert_eq!((load(&misc.hint_cache_hits), load(&misc.hint_cache_misses)), (9, 1));
+
+    bed.apply(&Op::NameIndicators(vec![1]), &mut now).unwrap(); // good.example listed
+    assert_eq!(bed.cached.pipeline.verdict(&f, 0), Verdict::Drop(DropReason::ThreatIndicator));
+    let event = bed.cached.events.try_recv().expect("the hit is logged");
+    assert_eq!(event.matched.as_bytes(), b"good.example");
 }

@@ -289,12 +289,21 @@ pub struct EnforcementSection {
     /// without an application hint, until the state changes); rounded up to
     /// a power of two, 64 bytes each. 0 turns the cache off.
     pub flow_cache_entries: usize,
+    /// Entries in each worker's quiet-hint cache (DNS names, TLS server
+    /// names and HTTP hosts and paths that matched no indicator, until the
+    /// state changes); rounded up to a power of two, 64 bytes each. 0 turns
+    /// the cache off.
+    pub hint_cache_entries: usize,
 }
 
 /// Default flow cache entries per worker: 4 MiB, for ~64,000 concurrent flows.
 pub const DEFAULT_FLOW_CACHE_ENTRIES: usize = 1 << 16;
 /// Largest flow cache per worker: 1 GiB.
 pub const MAX_FLOW_CACHE_ENTRIES: usize = 1 << 24;
+/// Default quiet-hint cache entries per worker: 1 MiB.
+pub const DEFAULT_HINT_CACHE_ENTRIES: usize = 1 << 14;
+/// Largest quiet-hint cache per worker: 64 MiB.
+pub const MAX_HINT_CACHE_ENTRIES: usize = 1 << 20;
 
 impl Default for EnforcementSection {
     fn default() -> Self {
@@ -307,6 +316,7 @@ impl Default for EnforcementSection {
             gateway_addresses: Vec::new(),
             lateral_movement: LateralMovementConfig::default(),
             flow_cache_entries: DEFAULT_FLOW_CACHE_ENTRIES,
+            hint_cache_entries: DEFAULT_HINT_CACHE_ENTRIES,
         }
     }
 }
@@ -540,6 +550,13 @@ impl Config {
                     &format!("use 0 (off) ..= {MAX_FLOW_CACHE_ENTRIES}; {DEFAULT_FLOW_CACHE_ENTRIES} is typical"),
                 ));
             }
+            if e.hint_cache_entries > MAX_HINT_CACHE_ENTRIES {
+                return Err(invalid(
+                    "enforcement.hint_cache_entries",
+                    format!("is {} (64 bytes each)", e.hint_cache_entries),
+                    &format!("use 0 (off) ..= {MAX_HINT_CACHE_ENTRIES}; {DEFAULT_HINT_CACHE_ENTRIES} is typical"),
+                ));
+            }
         }
         if self.bridges.is_empty() {
             return Err(invalid(
@@ -679,6 +696,14 @@ interval_ms = 500
             ("[dataplane]\n", "bridge is missing"),
             ("[[bridge]]\nlan='a'\nwan='a'\n", "bridge[0].wan"),
             ("[[bridge]]\nlan='a'\nwan='b'\n[[bridge]]\nlan='c'\nwan='b'\n", "bridge[1].wan"),
+            (
+                "[enforcement]\nflow_cache_entries = 999999999\n[[bridge]]\nlan='a'\nwan='b'\n",
+                "enforcement.flow_cache_entries",
+            ),
+            (
+                "[enforcement]\nhint_cache_entries = 99999999\n[[bridge]]\nlan='a'\nwan='b'\n",
+                "enforcement.hint_cache_entries",
+            ),
         ];
         for (text, expect) in cases {
             let err = parse(text).unwrap().validate().unwrap_err().to_string();
@@ -686,5 +711,14 @@ interval_ms = 500
             assert!(err.contains(": "), "has a fix: {err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn cache_sizes_default_and_zero_is_off() {
+        let cfg = parse("[enforcement]\nhint_cache_entries = 0\n[[bridge]]\nlan='a'\nwan='b'\n").unwrap();
+        cfg.validate().unwrap();
+        let e = cfg.enforcement.unwrap();
+        assert_eq!((e.hint_cache_entries, e.flow_cache_entries), (0, DEFAULT_FLOW_CACHE_ENTRIES));
+        assert_eq!(EnforcementSection::default().hint_cache_entries, DEFAULT_HINT_CACHE_ENTRIES);
     }
 }

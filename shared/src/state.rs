@@ -175,6 +175,13 @@ impl WorkerView {
             endpoints: self.endpoints.snapshot(),
         }
     }
+
+    /// The newest published indicators alone (what a frame's application
+    /// hint is checked against): one pointer load, not three.
+    #[inline]
+    pub fn indicators(&mut self) -> &IndicatorOverlay {
+        self.indicators.load()
+    }
 }
 
 #[cfg(test)]

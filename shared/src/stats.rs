@@ -182,6 +182,13 @@ pub struct StatsReport {
     /// few of its lookups hit (many more flows than entries), since start.
     #[serde(default)]
     pub flow_cache_bypassed_periods: u64,
+    /// Application hints of flow-cached frames that the workers' quiet-hint
+    /// caches knew matched no indicator (no lookup), since start.
+    #[serde(default)]
+    pub hint_cache_hits: u64,
+    /// Such hints looked up in the indicators, since start.
+    #[serde(default)]
+    pub hint_cache_misses: u64,
     /// Whether the workers enforce policy (false: plain bridge).
     #[serde(default)]
     pub enforcing: bool,
@@ -386,6 +393,16 @@ impl StatsReport {
                 self.flow_cache_misses,
                 100.0 * self.flow_cache_hits as f64 / looked_up as f64,
                 self.flow_cache_bypassed_periods
+            );
+        }
+        let hints = self.hint_cache_hits + self.hint_cache_misses;
+        if self.enforcing && hints > 0 {
+            let _ = writeln!(
+                out,
+                "quiet-hint cache (since start): {} hits, {} misses ({:.1}% hit)",
+                self.hint_cache_hits,
+                self.hint_cache_misses,
+                100.0 * self.hint_cache_hits as f64 / hints as f64
             );
         }
         if self.channel_overflows > 0 || self.seen_macs_overflow > 0 {
