@@ -2,15 +2,17 @@
 //!
 //! On a gateway the workers own their cores, and everything else (the
 //! control plane's runtime, Central's updates being applied, heartbeats)
-//! shares what is left. Work that is only ever catching up — rewriting the
-//! last-known-good state, folding indicator layers into a new base,
-//! Central's materialiser — runs at a lower priority, so that an update on
-//! its way to the workers never waits behind it for a core. It must never
-//! be used for a thread that holds a lock an update needs for long (a
-//! preempted holder would make the update wait: priority inversion).
+//! shares what is left. Work that is only ever catching up — serialising
+//! and writing the whole last-known-good state, folding indicator layers
+//! into a new base — runs at a lower priority, so that an update on its way
+//! to the workers never waits behind it for a core. It must never be used
+//! for a thread that holds a lock an update needs, even the allocator's: a
+//! preempted holder makes the update wait (priority inversion; measured at
+//! ~1 s when the state copy, Central's materialiser or the freeing of a
+//! parsed snapshot ran lowered).
 
-/// The niceness of catch-up threads (state writes, freeing a large
-/// answer, Central's materialiser): under contention they get ~1.5% of a
+/// The niceness of catch-up threads (serialising and writing the whole
+/// state): under contention they get ~1.5% of a
 /// core against a normal thread (CFS weights 15 : 1024), never nothing, and
 /// all of an idle one.
 pub const CATCH_UP_NICE: i32 = 19;

@@ -564,10 +564,10 @@ impl Ctx {
         if body.len() >= 1 << 20 {
             // Freeing a large parsed answer (10M indicators: 30M strings)
             // takes seconds: not before the next long-poll goes out.
-            let _ = std::thread::Builder::new().name("hbgw-free".into()).spawn(move || {
-                crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
-                drop(answer)
-            });
+            // Not at a lowered priority: freeing takes the allocator's lock
+            // of the arena the answer came from, the one the next answer's
+            // parse allocates from (a preempted holder stalled it ~1 s).
+            let _ = std::thread::Builder::new().name("hbgw-free".into()).spawn(move || drop(answer));
         }
         Ok(true)
     }
@@ -750,13 +750,12 @@ pub const PERSIST_WITHIN: Duration = Duration::from_secs(60);
 /// state file and this.
 pub const JOURNAL_FOLD_MIN_BYTES: u64 = 1 << 20;
 
-/// The persist thread, at background priority: appends each applied answer
+/// The persist thread: appends each applied answer
 /// of changes to the journal (synced, in commit order), and writes the
 /// state file whole when a snapshot or third-party feed replaced the state
 /// or the journal has outgrown it. `head`: the revision the state file and
 /// journal hold together.
 fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut journal: StateJournal, mut head: u64) {
-    crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
     let dir = ctx.config.state_dir.clone();
     let mut state_bytes = std::fs::metadata(dir.join(STATE_FILE)).map_or(0, |m| m.len());
     let mut pending: std::collections::VecDeque<JournalRecord> = Default::default();
@@ -838,6 +837,12 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
 /// update that comes in meanwhile, if `yield_to_updates`: copying 10M
 /// indicators takes seconds), written outside it. Returns the revision and
 /// size written, `None` when it gave way.
+///
+/// The copy runs on the persist thread at normal priority: a holder of the
+/// state's lock preempted by everything else would stall the update waiting
+/// for it (priority inversion; measured: ~1 s). Serialising and writing (a
+/// million indicators: a second of CPU) run on a thread at catch-up
+/// priority, holding nothing anyone waits for.
 fn write_whole(ctx: &Ctx, yield_to_updates: bool) -> Result<Option<(u64, u64)>, String> {
     let p = {
         let s = lock(&ctx.synced);
@@ -845,7 +850,15 @@ fn write_whole(ctx: &Ctx, yield_to_updates: bool) -> Result<Option<(u64, u64)>, 
     };
     let Some(p) = p else { return Ok(None) };
     let revision = p.revision;
-    let bytes = write_state(&ctx.config.state_dir, p)?;
+    let dir = ctx.config.state_dir.clone();
+    let writer = std::thread::Builder::new()
+        .name("hbgw-state-write".into())
+        .spawn(move || {
+            crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
+            write_state(&dir, p)
+        })
+        .map_err(|e| format!("cannot start the state writer thread: {e}"))?;
+    let bytes = writer.join().map_err(|_| "the state writer thread panicked".to_string())??;
     Ok(Some((revision, bytes)))
 }
 

@@ -12,8 +12,8 @@
 //! "dropped at the gateway" (goal: 100 ms for 100,000): it is validated,
 //! committed as one journal row (`store`), kept in memory ([`RecentJournal`])
 //! and the long polls are answered from memory at once; its rows in the
-//! `indicators` table are written afterwards by a background thread at low
-//! CPU priority (`materialize_loop`).
+//! `indicators` table are written afterwards by a background thread at
+//! lowered priority, resting as long as it works (`materialize_loop`).
 
 use super::ca::CentralCa;
 use super::feeds::{parse_plain_list, parse_stix_bundle, ListType};
@@ -622,15 +622,15 @@ fn with_audit_ids(lines: &IndicatorLines, revision: u64) -> IndicatorLines {
 /// table, a thousand rows per transaction (so that no request waits long
 /// for the database), resting as long as it worked after each (at most
 /// half a core); at start, it finishes what a stop or crash left undone.
-/// Ends when Central is dropped. It runs at background priority: on a
-/// shared core, a posted batch's validation and its gateway's sync answer
-/// come first. It holds the database's lock while it works, so a posted
-/// batch may wait behind a preempted holder (priority inversion), but for
-/// one transaction of [`MATERIALIZE_ROWS`] at most. After each pass (at
-/// least every second) it checkpoints the database's write-ahead log over a
+/// Ends when Central is dropped. It runs at compaction priority (nice 10,
+/// ~10% of a contended core), so that posted batches and their gateways'
+/// answers come first on a shared core; not lower, because it holds the
+/// database's lock while it works and a posted batch may wait behind a
+/// preempted holder (for one transaction of [`MATERIALIZE_ROWS`] at most). After each pass (at least
+/// every second) it checkpoints the database's write-ahead log over a
 /// connection of its own (commits never do: see [`Store::open`]).
 fn materialize_loop(central: Weak<Central>, kick: Arc<(Mutex<bool>, Condvar)>, db: &Path) {
-    crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
+    crate::background::lower_current_thread(crate::background::COMPACTION_NICE);
     loop {
         {
             let (m, cv) = &*kick;
