@@ -43,6 +43,7 @@
 //! wraps (2^32 flushes, 13 years at 100 ms) costs at most one unreported
 //! period for a flow idle that whole time.
 
+use crate::epoch_sets::EpochSets;
 use crate::parse::frame::{PROTO_TCP, PROTO_UDP};
 use crate::parse::{app_hint_of, AppHint, Network, ParsedFrame};
 use crate::verdict::{DropReason, Verdict};
@@ -227,11 +228,8 @@ pub struct Miss {
 /// A worker's flow cache (see the module docs).
 #[derive(Debug)]
 pub struct FlowCache {
-    entries: Box<[Entry]>,
-    /// Sets minus one (a set is two adjacent entries).
-    set_mask: usize,
-    /// The upper half of the state counter the entries were tagged under.
-    epoch_high: u32,
+    /// The entries, in sets of two, tagged under the state counter.
+    entries: EpochSets<Entry>,
     /// Lookups that found a current entry.
     pub hits: u64,
     /// Lookups that did not (the frame was decided in full).
@@ -259,14 +257,8 @@ impl FlowCache {
     /// A cache of `entries` entries (rounded up to a power of two, at least
     /// 2), or `None` for 0 (the cache is off).
     pub fn new(entries: usize) -> Option<Self> {
-        if entries == 0 {
-            return None;
-        }
-        let n = entries.max(2).next_power_of_two();
         Some(FlowCache {
-            entries: vec![Entry::default(); n].into_boxed_slice(),
-            set_mask: n / 2 - 1,
-            epoch_high: 0,
+            entries: EpochSets::new(entries)?,
             hits: 0,
             misses: 0,
             bypass_left: 0,
@@ -308,7 +300,7 @@ impl FlowCache {
 
     /// Entries held (a power of two).
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.entries.capacity()
     }
 
     /// The address of the set `frame` would use, if it is of the common
@@ -327,12 +319,12 @@ impl FlowCache {
 
     /// Forgets every entry.
     pub fn clear(&mut self) {
-        self.entries.fill(Entry::default());
+        self.entries.clear();
     }
 
     #[inline(always)]
     fn set(&self, key: &FlowCacheKey) -> usize {
-        (((key.hash() >> 32) as usize) & self.set_mask) * 2
+        self.entries.set_of(key.hash())
     }
 
     #[inline(always)]
@@ -355,11 +347,7 @@ impl FlowCache {
     /// half moved (the 32-bit tags would wrap). Call before lookups.
     #[inline(always)]
     fn sync_epoch(&mut self, epoch: u64) {
-        let high = (epoch >> 32) as u32;
-        if high != self.epoch_high {
-            self.clear();
-            self.epoch_high = high;
-        }
+        self.entries.sync_epoch(epoch);
     }
 
     /// The cached verdict of `key` if it was computed at state counter

@@ -38,6 +38,7 @@
 //! allocated once; a lookup builds the key in registers (no copy, no
 //! allocation) and reads one set.
 
+use crate::epoch_sets::EpochSets;
 use crate::parse::dns::DnsQuery;
 
 /// Words of key bytes in an entry: hints of up to 56 bytes are cached.
@@ -192,11 +193,8 @@ pub struct Miss {
 /// A worker's quiet-hint cache (see the module docs).
 #[derive(Debug)]
 pub struct HintCache {
-    entries: Box<[Entry]>,
-    /// Sets minus one (a set is two adjacent entries).
-    set_mask: usize,
-    /// The upper half of the state counter the entries were tagged under.
-    epoch_high: u32,
+    /// The entries, in sets of two, tagged under the state counter.
+    entries: EpochSets<Entry>,
     /// Lookups that found the hint quiet.
     pub hits: u64,
     /// Lookups that did not (the hint was looked up in the indicators).
@@ -207,14 +205,8 @@ impl HintCache {
     /// A cache of `entries` entries (rounded up to a power of two, at least
     /// 2), or `None` for 0 (the cache is off).
     pub fn new(entries: usize) -> Option<Self> {
-        if entries == 0 {
-            return None;
-        }
-        let n = entries.max(2).next_power_of_two();
         Some(HintCache {
-            entries: vec![Entry::default(); n].into_boxed_slice(),
-            set_mask: n / 2 - 1,
-            epoch_high: 0,
+            entries: EpochSets::new(entries)?,
             hits: 0,
             misses: 0,
         })
@@ -222,17 +214,17 @@ impl HintCache {
 
     /// Entries held (a power of two).
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.entries.capacity()
     }
 
     /// Forgets every entry.
     pub fn clear(&mut self) {
-        self.entries.fill(Entry::default());
+        self.entries.clear();
     }
 
     #[inline(always)]
     fn set(&self, key: &HintKey) -> usize {
-        (((key.hash() >> 32) as usize) & self.set_mask) * 2
+        self.entries.set_of(key.hash())
     }
 
     /// Whether `e` holds `key` tagged `meta` (the key's meta with the tag).
@@ -263,11 +255,7 @@ impl HintCache {
     /// half moved (the 32-bit tags would wrap). Call before lookups.
     #[inline(always)]
     fn sync_epoch(&mut self, epoch: u64) {
-        let high = (epoch >> 32) as u32;
-        if high != self.epoch_high {
-            self.clear();
-            self.epoch_high = high;
-        }
+        self.entries.sync_epoch(epoch);
     }
 
     /// `Ok` if `key` matched no indicator in the state at counter `epoch`.

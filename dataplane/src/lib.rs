@@ -15,6 +15,7 @@
 //!   application hint, valid until the state's change counter moves;
 //!   [`hint_cache`] remembers the hints that matched no indicator, so that a
 //!   flow-cached frame with a hint seen before skips the indicator lookups;
+//!   both are built on [`epoch_sets`] (two-way sets tagged with the counter);
 //! * [`worker`] — the poll loop: `rx_burst` -> pipeline -> `tx_burst`, unsent
 //!   frames freed and counted;
 //! * [`seen_macs`] — which source MACs sent traffic on which port, flushed
@@ -32,6 +33,7 @@
 
 pub mod counters;
 pub mod enforce;
+pub mod epoch_sets;
 pub mod events;
 pub mod flow_cache;
 pub mod hint_cache;
