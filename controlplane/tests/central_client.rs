@@ -162,10 +162,8 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
     let d = dir.path();
     let central = TestCentral::start(d, 2).await;
     let call = |method, path, body| central.call(method, path, body);
-    let enroll = call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
 
-    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
-    cfg.enrollment_token = Some(enroll);
+    let cfg = central.gateway_section(d).await;
     let start = load_start(&cfg).unwrap();
     let (state, status, client) = start_client(cfg, start, serde_json::json!({}));
     let st = || status.lock().unwrap().clone();
@@ -202,9 +200,7 @@ async fn updates_are_journaled_and_the_journal_is_folded_into_the_state_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let central = TestCentral::start(d, 1000).await;
-    let enroll = central.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
-    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
-    cfg.enrollment_token = Some(enroll);
+    let mut cfg = central.gateway_section(d).await;
     cfg.max_indicators = 100_000;
     let start = load_start(&cfg).unwrap();
     let (state, status, client) = start_client(cfg.clone(), start, serde_json::json!({}));
@@ -256,9 +252,7 @@ async fn a_refused_update_is_reported_to_central_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let central = TestCentral::start(d, 100).await;
-    let enroll = central.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
-    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
-    cfg.enrollment_token = Some(enroll);
+    let mut cfg = central.gateway_section(d).await;
     cfg.max_indicators = 2;
     cfg.health_interval_s = 3600; // only a refusal makes it upload within the test
     let start = load_start(&cfg).unwrap();
@@ -305,9 +299,7 @@ async fn an_idle_gateway_at_revision_zero_waits() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let central = TestCentral::start(d, 100).await;
-    let enroll = central.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
-    let mut cfg = section(central.url.clone(), d, &d.join("central/ca.pem"));
-    cfg.enrollment_token = Some(enroll);
+    let mut cfg = central.gateway_section(d).await;
     cfg.wait_s = 2;
     let start = load_start(&cfg).unwrap();
     let (state, status, client) = start_client(cfg, start, serde_json::json!({}));

@@ -88,6 +88,15 @@ impl TestCentral {
         TestCentral { url, admin, token }
     }
 
+    /// A `[central]` section for a gateway whose state lives in `d/gw`,
+    /// trusting this Central, with a fresh enrollment token.
+    pub async fn gateway_section(&self, d: &Path) -> CentralSection {
+        let token = self.call(hyper::Method::POST, "/v1/admin/tokens", "").await["token"].as_str().unwrap().to_owned();
+        let mut cfg = section(self.url.clone(), d, &d.join("central/ca.pem"));
+        cfg.enrollment_token = Some(token);
+        cfg
+    }
+
     /// An admin call; its JSON answer (Null when the body is not JSON).
     pub async fn call(&self, method: hyper::Method, path: &str, body: &str) -> serde_json::Value {
         let (_, b) = self.try_call(method, path, body).await.unwrap();
