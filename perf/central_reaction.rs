@@ -171,14 +171,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let held = match args.iter().position(|a| a == "--held") {
+    let mut option = |name: &str| match args.iter().position(|a| a == name) {
         Some(i) => {
-            let n = args.get(i + 1).and_then(|s| s.parse::<usize>().ok()).expect("--held N");
+            let n = args.get(i + 1).and_then(|s| s.parse::<u64>().ok()).unwrap_or_else(|| panic!("{name} N"));
             args.drain(i..i + 2);
             n
         }
         None => 0,
     };
+    let held = option("--held") as usize;
+    let gap = Duration::from_millis(option("--gap-ms"));
     let mode = args.first().map(String::as_str).unwrap_or("single");
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -248,6 +250,7 @@ fn main() {
     let mut lat_ms = Vec::with_capacity(rounds);
     let mut central_ms = Vec::with_capacity(rounds);
     for r in 0..rounds {
+        std::thread::sleep(gap);
         round.store(r, Ordering::Release);
         *dropped.lock().expect("lock") = None;
         let mut body = String::with_capacity(batch * 40);

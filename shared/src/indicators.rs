@@ -900,6 +900,8 @@ impl<'a> IndicatorMatch<'a> {
 pub struct IndicatorSetBuilder {
     index: IndicatorIndex,
     feed_ids: FxMap<Box<str>, u16>,
+    /// The feed added last and its number (indicators come mostly in runs of one feed).
+    last_feed: Option<u16>,
 }
 
 impl IndicatorSetBuilder {
@@ -939,12 +941,19 @@ impl IndicatorSetBuilder {
             .filter(|&r| r != NONE)
             .ok_or(IndicatorError::TooLarge("the indicator count"))?;
         let audit_len = u16::try_from(audit_id.len()).map_err(|_| IndicatorError::AuditIdTooLong(audit_id.len()))?;
-        let feed = match self.feed_ids.get(feed) {
-            Some(&f) => f,
+        let feed = match self.last_feed.filter(|&f| *ix.feed_names[usize::from(f)] == *feed) {
+            Some(f) => f,
             None => {
-                let f = u16::try_from(ix.feed_names.len()).map_err(|_| IndicatorError::TooManyFeeds)?;
-                ix.feed_names.push(feed.into());
-                self.feed_ids.insert(feed.into(), f);
+                let f = match self.feed_ids.get(feed) {
+                    Some(&f) => f,
+                    None => {
+                        let f = u16::try_from(ix.feed_names.len()).map_err(|_| IndicatorError::TooManyFeeds)?;
+                        ix.feed_names.push(feed.into());
+                        self.feed_ids.insert(feed.into(), f);
+                        f
+                    }
+                };
+                self.last_feed = Some(f);
                 f
             }
         };

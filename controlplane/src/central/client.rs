@@ -636,7 +636,10 @@ async fn sync_loop(ctx: Arc<Ctx>) {
             .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
             .await;
         let body = match answer {
-            Ok((_, body)) => body,
+            Ok((_, body)) => {
+                tracing::debug!("sync answer of {} bytes received", body.len());
+                body
+            }
             Err(e) => {
                 ctx.disconnected(&e);
                 tokio::time::sleep(backoff.next()).await;

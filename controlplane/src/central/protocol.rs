@@ -278,6 +278,22 @@ pub fn check_indicator(i: &WireIndicator) -> Result<IndicatorKind, UpdateError> 
 /// None of them may hold a control character (so that the compact form,
 /// [`IndicatorLines`], is unambiguous).
 pub fn check_indicator_parts(value: &str, audit_id: &str, feed: &str) -> Result<IndicatorKind, UpdateError> {
+    check_feed_name(feed)?;
+    check_value_and_audit_id(value, audit_id)
+}
+
+/// Whether `s` holds a control character (ASCII text, the usual case, is
+/// checked a byte at a time without decoding characters).
+fn has_control(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        s.chars().any(char::is_control)
+    }
+}
+
+/// [`check_indicator_parts`] but the feed name, which the caller checked.
+fn check_value_and_audit_id(value: &str, audit_id: &str) -> Result<IndicatorKind, UpdateError> {
     if value.len() > MAX_VALUE_LEN {
         return Err(bad(format!(
             "indicator `{}...` is {} bytes: keep values under {MAX_VALUE_LEN} bytes",
@@ -285,15 +301,14 @@ pub fn check_indicator_parts(value: &str, audit_id: &str, feed: &str) -> Result<
             value.len()
         )));
     }
-    if value.chars().any(char::is_control) {
+    if has_control(value) {
         return Err(bad(format!("indicator {value:?} has a control character (tab, newline...): remove it")));
     }
-    if audit_id.is_empty() || audit_id.len() > MAX_AUDIT_ID_LEN || audit_id.chars().any(char::is_control) {
+    if audit_id.is_empty() || audit_id.len() > MAX_AUDIT_ID_LEN || has_control(audit_id) {
         return Err(bad(format!(
             "indicator `{value}`: audit id {audit_id:?} is empty, longer than {MAX_AUDIT_ID_LEN} bytes or has control characters: give a printable audit id"
         )));
     }
-    check_feed_name(feed)?;
     value.parse::<IndicatorKind>().map_err(|e| bad(e.to_string()))
 }
 
@@ -634,17 +649,36 @@ enum ValidChange {
     Heartbeat(HeartbeatSettings),
 }
 
-/// Interns feed names so that a million indicators share a handful of strings.
+/// Interns feed names so that a million indicators share a handful of
+/// strings, checking each name the first time it is seen.
 #[derive(Default)]
-struct FeedNames(HashMap<String, Arc<str>>);
+struct FeedNames {
+    all: HashMap<String, Arc<str>>,
+    /// The name asked for last (a batch is mostly one feed's).
+    last: Option<Arc<str>>,
+}
 impl FeedNames {
-    fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(name) {
-            return a.clone();
+    fn get(&mut self, name: &str) -> Result<Arc<str>, UpdateError> {
+        if let Some(a) = self.last.as_ref().filter(|a| ***a == *name) {
+            return Ok(a.clone());
         }
-        let a: Arc<str> = Arc::from(name);
-        self.0.insert(name.to_owned(), a.clone());
-        a
+        let a = match self.all.get(name) {
+            Some(a) => a.clone(),
+            None => {
+                check_feed_name(name)?;
+                let a: Arc<str> = Arc::from(name);
+                self.all.insert(name.to_owned(), a.clone());
+                a
+            }
+        };
+        self.last = Some(a.clone());
+        Ok(a)
+    }
+
+    /// Checks an indicator's value and audit ID, and its feed name.
+    fn check(&mut self, value: &str, audit_id: &str, feed: &str) -> Result<HeldIndicator, UpdateError> {
+        let feed = self.get(feed)?;
+        Ok(HeldIndicator { kind: check_value_and_audit_id(value, audit_id)?, feed })
     }
 }
 
@@ -665,8 +699,7 @@ impl SyncedState {
         let mut names = FeedNames::default();
         let mut indicators = FxHashMap::with_capacity_and_hasher(snap.indicators.len(), Default::default());
         for i in &snap.indicators {
-            let kind = check_indicator(i)?;
-            indicators.insert(Box::from(i.audit_id.as_str()), HeldIndicator { kind, feed: names.get(&i.feed) });
+            indicators.insert(Box::from(i.audit_id.as_str()), names.check(&i.value, &i.audit_id, &i.feed)?);
         }
         let mut certs = BTreeMap::new();
         for c in &snap.endpoint_certs {
@@ -794,25 +827,34 @@ impl SyncedState {
         if let Some(x) = exclusions {
             o = o.with_exclusion_set(Arc::new(ExclusionSet::compile(&check_exclusions(x)?).map_err(|e| bad(e.to_string()))?));
         }
-        // What this update touches, by audit ID: (order, the indicator now,
-        // whether the model had it before).
-        let mut mine: FxHashMap<&str, (u64, Option<&HeldIndicator>, bool)> =
-            FxHashMap::with_capacity_and_hasher(touches(changes).count(), Default::default());
-        let mut seq = book.seq;
         let mut hides = Hides::new();
-        let mut any = false;
-        for (audit, now) in touches(changes) {
-            any = true;
-            seq += 1;
-            if let Some(m) = mine.get_mut(audit) {
-                (m.0, m.1) = (seq, now);
-                continue;
+        // The audit IDs in a flat list first, then their indicators in the
+        // model in a loop of lookups alone: the lookups miss the cache, and
+        // only a tight loop overlaps them (measured: 4x faster than looking
+        // up inside the iteration over the changes).
+        let touched: Vec<(&str, Option<&HeldIndicator>)> = touches(changes).collect();
+        if touched.is_empty() {
+            return Ok(o);
+        }
+        let olds: Vec<Option<&HeldIndicator>> = touched.iter().map(|(audit, _)| self.indicators.get(*audit)).collect();
+        // Where each audit ID is touched last in this update: that touch
+        // says what is in force after it.
+        let mut mine: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(touched.len(), Default::default());
+        let mut last = vec![true; touched.len()];
+        for (i, (&(audit, _), old)) in touched.iter().zip(&olds).enumerate() {
+            match mine.entry(audit) {
+                std::collections::hash_map::Entry::Occupied(mut m) => {
+                    last[*m.get()] = false;
+                    *m.get_mut() = i;
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
             }
             // First touch in this update: hide the record in force, in the
             // base if untouched since it was built, else in the newest
             // layer that has it.
-            let old = self.indicators.get(audit);
-            mine.insert(audit, (seq, now, old.is_some()));
             if let Some(old) = old {
                 let found = if book.touched.contains_key(audit) {
                     (1..=o.layers().len()).rev().find_map(|level| {
@@ -829,22 +871,20 @@ impl SyncedState {
                 }
             }
         }
-        if !any {
-            return Ok(o);
-        }
         let t_hides = t0.elapsed();
-        let new = mine.values().filter(|(_, now, had)| now.is_some() && !had).count();
-        let gone = mine.values().filter(|(_, now, had)| now.is_none() && *had).count();
+        // The last touches, in order: (audit ID, in force after, whether the model had it).
+        let lasts = || touched.iter().zip(&olds).zip(&last).filter(|(_, &l)| l).map(|((&(a, now), old), _)| (a, now, old.is_some()));
+        let new = lasts().filter(|(_, now, had)| now.is_some() && !had).count();
+        let gone = lasts().filter(|(_, now, had)| now.is_none() && *had).count();
         let count = self.indicators.len() + new - gone;
         if count > limit {
             return Err(bad(format!(
                 "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
             )));
         }
-        let mut live: Vec<(u64, &str, &HeldIndicator)> = mine.iter().filter_map(|(a, (seq, now, _))| Some((*seq, *a, (*now)?))).collect();
-        live.sort_unstable_by_key(|(seq, _, _)| *seq);
+        let live: Vec<(&str, &HeldIndicator)> = lasts().filter_map(|(a, now, _)| Some((a, now?))).collect();
         let mut b = IndicatorSetBuilder::with_capacity(live.len());
-        for (_, audit, h) in live {
+        for (audit, h) in live {
             b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
         }
         let set = b.build(o.settings());
@@ -921,8 +961,7 @@ impl SyncedState {
                 other => other,
             };
             let mut add = |value: &str, audit: &'a str, feed: &str, batch: &mut Vec<(Box<str>, HeldIndicator)>| {
-                let kind = check_indicator_parts(value, audit, feed).map_err(at)?;
-                batch.push((Box::from(audit), HeldIndicator { kind, feed: names.get(feed) }));
+                batch.push((Box::from(audit), names.check(value, audit, feed).map_err(at)?));
                 Ok::<_, UpdateError>(())
             };
             match &e.change {

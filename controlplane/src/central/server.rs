@@ -322,7 +322,9 @@ impl Central {
         if version >= 2 {
             let held = self.recent.lock().unwrap_or_else(|p| p.into_inner()).after(since);
             if let Some((revision, entries)) = held {
-                return Ok(json_bytes(StatusCode::OK, answer_around(revision, entries.iter().map(|(r, b)| (*r, &**b)))));
+                let body = answer_around(revision, entries.iter().map(|(r, b)| (*r, &**b)));
+                tracing::debug!("sync: answering revision {since} -> {revision}, {} bytes", body.len());
+                return Ok(json_bytes(StatusCode::OK, body));
             }
         }
         let v = u32::try_from(version).unwrap_or(u32::MAX);
@@ -488,64 +490,8 @@ impl Central {
                 let body = read_body(req.into_body(), MAX_ADMIN_BODY).await.map_err(bad)?;
                 let t_read = t0.elapsed();
                 let text = std::str::from_utf8(&body).map_err(|_| bad("body is not UTF-8".into()))?;
-                // Validated whole into the compact lines the journal keeps; an
-                // indicator without an audit ID gets one at commit (its
-                // revision is in it): its audit field is left empty here.
-                let mut lines = IndicatorLines::default();
-                let mut count = 0usize;
-                let mut missing = 0usize;
-                let mut push = |n: usize, value: &str, audit: Option<&str>, feed: &str| -> Result<(), Resp> {
-                    check_indicator_parts(value, audit.unwrap_or("x"), feed).map_err(|e| bad(format!("indicator {}: {e}", n + 1)))?;
-                    lines.push(value, audit.unwrap_or(""), feed);
-                    count += 1;
-                    missing += usize::from(audit.is_none());
-                    Ok(())
-                };
-                let skipped = match format.as_str() {
-                    "json" => {
-                        #[derive(Deserialize)]
-                        #[serde(deny_unknown_fields)]
-                        struct In<'a> {
-                            #[serde(borrow)]
-                            value: Cow<'a, str>,
-                            #[serde(default, borrow)]
-                            audit_id: Option<Cow<'a, str>>,
-                            #[serde(default, borrow)]
-                            feed: Option<Cow<'a, str>>,
-                        }
-                        #[derive(Deserialize)]
-                        #[serde(deny_unknown_fields)]
-                        struct Body<'a> {
-                            #[serde(borrow)]
-                            indicators: Vec<In<'a>>,
-                        }
-                        let b: Body<'_> = serde_json::from_str(text).map_err(|e| bad(format!("{e}: send {{\"indicators\": [{{\"value\": ...}}]}}")))?;
-                        let default_feed = feed.as_deref().unwrap_or("mdr");
-                        for (n, i) in b.indicators.iter().enumerate() {
-                            let audit = i.audit_id.as_deref().filter(|a| !a.is_empty());
-                            push(n, &i.value, audit, i.feed.as_deref().unwrap_or(default_feed))?;
-                        }
-                        serde_json::json!({})
-                    }
-                    "list" | "stix" => {
-                        let (list, skipped) = if format == "list" {
-                            let feed = feed.unwrap_or_else(|| "mdr".into());
-                            (parse_plain_list(text, &feed, ListType::Any).map_err(|e| bad(e.to_string()))?, serde_json::json!({}))
-                        } else {
-                            let feed = feed.unwrap_or_else(|| "stix".into());
-                            let r = parse_stix_bundle(text, &feed, time::OffsetDateTime::now_utc()).map_err(|e| bad(e.to_string()))?;
-                            (r.indicators, serde_json::json!({"expired": r.expired, "revoked": r.revoked, "unsupported": r.unsupported}))
-                        };
-                        for (n, i) in list.iter().enumerate() {
-                            push(n, &i.value, Some(&i.audit_id).filter(|a| !a.is_empty()).map(String::as_str), &i.feed)?;
-                        }
-                        skipped
-                    }
-                    other => return Err(bad(format!("format `{other}`: use json, list or stix"))),
-                };
-                if count == 0 {
-                    return Err(bad("no indicator in the request: nothing to add".into()));
-                }
+                let posted = posted_indicators(&format, feed.as_deref(), text).map_err(bad)?;
+                let PostedIndicators { mut lines, count, missing, skipped } = posted;
                 let t_checked = t0.elapsed();
                 let rev = self
                     .db(move |s| {
@@ -600,6 +546,157 @@ impl Central {
             _ => Err(error(StatusCode::NOT_FOUND, format!("no such admin API: {path}: see docs/central-protocol.md"))),
         }
     }
+}
+
+/// Indicators posted at the admin API, validated whole.
+#[derive(Debug)]
+pub struct PostedIndicators {
+    /// In the compact form the journal keeps; an indicator posted without
+    /// an audit ID has an empty one here (it gets one at commit, holding
+    /// the revision: see `with_audit_ids`).
+    pub lines: IndicatorLines,
+    /// How many.
+    pub count: usize,
+    /// How many came without an audit ID.
+    pub missing: usize,
+    /// What a STIX bundle held that is not added (expired, revoked, unsupported).
+    pub skipped: serde_json::Value,
+}
+
+/// One indicator of a JSON `POST /v1/admin/indicators` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct In<'a> {
+    #[serde(borrow)]
+    value: Cow<'a, str>,
+    #[serde(default, borrow)]
+    audit_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    feed: Option<Cow<'a, str>>,
+}
+
+/// `{"indicators": [...]}`, each indicator handed to the closure as it is
+/// parsed; the closure returns false to stop (its error is its own).
+struct PostedBody<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(In<'de>) -> bool> serde::de::DeserializeSeed<'de> for PostedBody<'_, F> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(In<'de>) -> bool> serde::de::Visitor<'de> for PostedBody<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{\"indicators\": [...]}")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key != "indicators" {
+                return Err(serde::de::Error::unknown_field(&key, &["indicators"]));
+            }
+            if seen {
+                return Err(serde::de::Error::duplicate_field("indicators"));
+            }
+            seen = true;
+            map.next_value_seed(Indicators(&mut *self.0))?;
+        }
+        if !seen {
+            return Err(serde::de::Error::missing_field("indicators"));
+        }
+        Ok(())
+    }
+}
+
+struct Indicators<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(In<'de>) -> bool> serde::de::DeserializeSeed<'de> for Indicators<'_, F> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(In<'de>) -> bool> serde::de::Visitor<'de> for Indicators<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of indicators")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(i) = seq.next_element::<In<'de>>()? {
+            if !(self.0)(i) {
+                // Stopped on a bad indicator: the caller reports it.
+                return Err(serde::de::Error::custom("stopped"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates a `POST /v1/admin/indicators` body (`format`: json, list or
+/// stix; `feed`: the feed of indicators that name none). The error is the
+/// one line the admin gets back.
+pub fn posted_indicators(format: &str, feed: Option<&str>, text: &str) -> Result<PostedIndicators, String> {
+    // Validated whole into the compact lines the journal keeps; an
+    // indicator without an audit ID gets one at commit (its
+    // revision is in it): its audit field is left empty here.
+    let mut lines = IndicatorLines(String::with_capacity(text.len()));
+    let mut count = 0usize;
+    let mut missing = 0usize;
+    let mut push = |n: usize, value: &str, audit: Option<&str>, feed: &str| -> Result<(), String> {
+        check_indicator_parts(value, audit.unwrap_or("x"), feed).map_err(|e| format!("indicator {}: {e}", n + 1))?;
+        lines.push(value, audit.unwrap_or(""), feed);
+        count += 1;
+        missing += usize::from(audit.is_none());
+        Ok(())
+    };
+    let skipped = match format {
+        "json" => {
+            // Each indicator is checked as it is parsed, not gathered first
+            // (a 100k batch would make a 7 MB vector of them).
+            let mut err = None;
+            let mut n = 0usize;
+            let default_feed = feed.unwrap_or("mdr");
+            let mut each = |i: In<'_>| {
+                let audit = i.audit_id.as_deref().filter(|a| !a.is_empty());
+                let r = push(n, &i.value, audit, i.feed.as_deref().unwrap_or(default_feed));
+                n += 1;
+                if let Err(e) = r {
+                    err = Some(e);
+                    return false;
+                }
+                true
+            };
+            let mut de = serde_json::Deserializer::from_str(text);
+            let parsed = serde::de::DeserializeSeed::deserialize(PostedBody(&mut each), &mut de).and_then(|()| de.end());
+            if let Some(e) = err {
+                return Err(e);
+            }
+            parsed.map_err(|e| format!("{e}: send {{\"indicators\": [{{\"value\": ...}}]}}"))?;
+            serde_json::json!({})
+        }
+        "list" | "stix" => {
+            let (list, skipped) = if format == "list" {
+                let feed = feed.unwrap_or("mdr");
+                (parse_plain_list(text, feed, ListType::Any).map_err(|e| e.to_string())?, serde_json::json!({}))
+            } else {
+                let feed = feed.unwrap_or("stix");
+                let r = parse_stix_bundle(text, feed, time::OffsetDateTime::now_utc()).map_err(|e| e.to_string())?;
+                (r.indicators, serde_json::json!({"expired": r.expired, "revoked": r.revoked, "unsupported": r.unsupported}))
+            };
+            for (n, i) in list.iter().enumerate() {
+                push(n, &i.value, Some(&i.audit_id).filter(|a| !a.is_empty()).map(String::as_str), &i.feed)?;
+            }
+            skipped
+        }
+        other => return Err(format!("format `{other}`: use json, list or stix")),
+    };
+    if count == 0 {
+        return Err("no indicator in the request: nothing to add".into());
+    }
+    Ok(PostedIndicators { lines, count, missing, skipped })
 }
 
 /// `lines` with an empty audit ID replaced by `C-<revision>-<n>` (`n`: the
@@ -667,4 +764,67 @@ fn materialize_loop(central: Weak<Central>, kick: Arc<(Mutex<bool>, Condvar)>, d
 /// Checks a feed name given on the command line.
 pub fn valid_feed(feed: &str) -> Result<(), String> {
     check_feed_name(feed).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(p: &PostedIndicators) -> Vec<(String, String, String)> {
+        IndicatorLines::split(&p.lines.0).map(|l| l.map(|(v, a, f)| (v.into(), a.into(), f.into())).unwrap()).collect()
+    }
+
+    #[test]
+    fn posted_json_is_checked_as_it_is_parsed() {
+        let body = r#"{"indicators": [
+            {"value": "203.0.113.9", "audit_id": "A1"},
+            {"value": "evil\u002eexample", "audit_id": "A\"2", "feed": "other"},
+            {"value": "https://bad.example/x"}
+        ]}"#;
+        let p = posted_indicators("json", Some("mine"), body).unwrap();
+        assert_eq!((p.count, p.missing), (3, 1));
+        assert_eq!(
+            lines(&p),
+            vec![
+                ("203.0.113.9".into(), "A1".into(), "mine".into()),
+                ("evil.example".into(), "A\"2".into(), "other".into()),
+                ("https://bad.example/x".into(), "".into(), "mine".into()),
+            ]
+        );
+        // Without `feed=`, indicators that name none are the MDR feed's.
+        let p = posted_indicators("json", None, r#"{"indicators":[{"value":"198.51.100.1","audit_id":""}]}"#).unwrap();
+        assert_eq!(lines(&p), vec![("198.51.100.1".into(), "".into(), "mdr".into())]);
+        assert_eq!(p.missing, 1, "an empty audit ID is a missing one");
+    }
+
+    #[test]
+    fn bad_posted_json_is_refused_whole_with_the_cause() {
+        let refused = |body: &str, want: &str| {
+            let e = posted_indicators("json", None, body).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        };
+        refused(r#"{"indicators":[{"value":"1.2.3.4"},{"value":"not a name!"}]}"#, "indicator 2:");
+        refused(r#"{"indicators":[{"value":"1.2.3.4","audit_id":"a\tb"}]}"#, "indicator 1:");
+        refused(r#"{"indicators":[{"value":"1.2.3.4","feed":"no spaces"}]}"#, "feed name");
+        refused(r#"{"indicators":[{"value":"1.2.3.4","colour":"red"}]}"#, "unknown field `colour`");
+        refused(r#"{"indicators":[{"audit_id":"A1"}]}"#, "missing field `value`");
+        refused(r#"{"other":[]}"#, "unknown field `other`");
+        refused(r#"{}"#, "missing field `indicators`");
+        refused(r#"{"indicators":[],"indicators":[]}"#, "duplicate field `indicators`");
+        refused(r#"{"indicators":[{"value":"1.2.3.4"}]} and more"#, "trailing characters");
+        refused(r#"{"indicators":[{"value":"1.2.3.4"},]}"#, "send {\"indicators\"");
+        refused(r#"{"indicators":{"value":"1.2.3.4"}}"#, "a list of indicators");
+        refused(r#"[{"value":"1.2.3.4"}]"#, "send {\"indicators\"");
+        refused(r#"{"indicators":[]}"#, "no indicator in the request");
+        assert!(posted_indicators("xml", None, "<x/>").unwrap_err().contains("use json, list or stix"));
+    }
+
+    #[test]
+    fn posted_lists_keep_their_audit_ids() {
+        let p = posted_indicators("list", Some("f1"), "203.0.113.9 A1\nevil.example\n").unwrap();
+        assert_eq!(p.count, 2);
+        assert_eq!(lines(&p)[0], ("203.0.113.9".into(), "A1".into(), "f1".into()));
+        assert_eq!(lines(&p)[1].2, "f1");
+    }
 }
