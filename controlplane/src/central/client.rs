@@ -39,14 +39,41 @@ pub const STATE_FILE: &str = "central-state.json";
 pub const IDENTITY_FILE: &str = "identity.json";
 const STATE_FORMAT: u32 = 1;
 
+/// The state file. Central's part is either `snapshot` (written from the
+/// state held) or `answer` (a snapshot answer from Central, written as it
+/// was received: no copy of the state is made for it).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PersistedState {
     format: u32,
     revision: u64,
-    snapshot: Snapshot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot: Option<Snapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    answer: Option<SyncAnswer>,
     #[serde(default)]
     third_party: BTreeMap<String, Vec<PersistedThirdParty>>,
+}
+
+impl PersistedState {
+    /// Central's part of it.
+    fn snapshot(&self) -> Result<&Snapshot, String> {
+        match (&self.snapshot, &self.answer) {
+            (Some(s), None) => Ok(s),
+            // As when it was applied: a snapshot answer's changes, if any, are not looked at.
+            (None, Some(SyncAnswer { revision, snapshot: Some(s), .. })) if *revision == self.revision => Ok(s),
+            (None, Some(_)) => Err("its answer is not a snapshot at its revision".into()),
+            _ => Err("it holds both or neither of a snapshot and an answer".into()),
+        }
+    }
+}
+
+/// The third-party feeds as the state file holds them.
+fn persisted_third_party(third_party: &BTreeMap<String, Vec<(IndicatorKind, String)>>) -> BTreeMap<String, Vec<PersistedThirdParty>> {
+    third_party
+        .iter()
+        .map(|(f, l)| (f.clone(), l.iter().map(|(k, a)| PersistedThirdParty { value: k.to_string(), audit_id: a.clone() }).collect()))
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -113,7 +140,8 @@ fn load_state_and_journal(dir: &Path, limit: usize) -> Result<(Option<SyncedStat
             if p.format != STATE_FORMAT {
                 return Err(corrupt(format!("format {} is not {STATE_FORMAT}", p.format)));
             }
-            let mut s = SyncedState::from_snapshot(p.revision, &p.snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
+            let snapshot = p.snapshot().map_err(&corrupt)?;
+            let mut s = SyncedState::from_snapshot(p.revision, snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
             for (feed, list) in p.third_party {
                 let mut v = Vec::with_capacity(list.len());
                 for i in list {
@@ -178,23 +206,50 @@ fn persisted(s: &SyncedState, stop: impl Fn() -> bool) -> Option<PersistedState>
     Some(PersistedState {
         format: STATE_FORMAT,
         revision: s.revision,
-        snapshot: s.to_snapshot_unless(stop)?,
-        third_party: s
-            .third_party
-            .iter()
-            .map(|(f, l)| (f.clone(), l.iter().map(|(k, a)| PersistedThirdParty { value: k.to_string(), audit_id: a.clone() }).collect()))
-            .collect(),
+        snapshot: Some(s.to_snapshot_unless(stop)?),
+        answer: None,
+        third_party: persisted_third_party(&s.third_party),
     })
 }
 
 /// Writes a persisted state atomically, indicators sorted by audit ID;
 /// returns its size.
 fn write_state(dir: &Path, mut p: PersistedState) -> Result<u64, String> {
-    p.snapshot.indicators.sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
+    if let Some(s) = p.snapshot.as_mut() {
+        s.indicators.sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
+    }
     let bytes = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
+    write_state_bytes(dir, &bytes)
+}
+
+fn write_state_bytes(dir: &Path, bytes: &[u8]) -> Result<u64, String> {
     let path = dir.join(STATE_FILE);
-    write_atomic(&path, &bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))?;
+    write_atomic(&path, bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))?;
     Ok(bytes.len() as u64)
+}
+
+/// A snapshot answer applied, to be written as the state file as it was
+/// received (with the third-party feeds held when it was applied).
+struct SnapshotRecord {
+    revision: u64,
+    /// The answer's bytes: JSON that parsed as a [`SyncAnswer`] holding a snapshot.
+    answer: bytes::Bytes,
+    third_party: BTreeMap<String, Vec<PersistedThirdParty>>,
+}
+
+/// Writes the state file of a snapshot answer: the answer's bytes spliced
+/// into the file as they are (no copy of the state, no serialising of a
+/// million indicators); returns the size written.
+fn write_snapshot_state(dir: &Path, r: &SnapshotRecord) -> Result<u64, String> {
+    let third_party = serde_json::to_vec(&r.third_party).map_err(|e| e.to_string())?;
+    let head = format!("{{\"format\":{STATE_FORMAT},\"revision\":{},\"answer\":", r.revision);
+    let mut bytes = Vec::with_capacity(head.len() + r.answer.len() + third_party.len() + 20);
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.extend_from_slice(&r.answer);
+    bytes.extend_from_slice(b",\"third_party\":");
+    bytes.extend_from_slice(&third_party);
+    bytes.push(b'}');
+    write_state_bytes(dir, &bytes)
 }
 
 /// The policy in force while Central has given none.
@@ -310,6 +365,8 @@ struct Rejections {
 enum Persist {
     /// An answer of changes was applied: append it to the journal.
     Changes(JournalRecord),
+    /// A snapshot answer was applied: write it as the state file.
+    Snapshot(SnapshotRecord),
     /// The state changed other than by an answer of changes (a snapshot, a
     /// third-party feed): write it whole.
     Whole,
@@ -535,7 +592,11 @@ impl Ctx {
         self.revision.store(synced.revision, Ordering::Release);
         // Under the lock: the persist thread hears of changes in commit order.
         let _ = self.persist.send(if snapshot {
-            Persist::Whole
+            Persist::Snapshot(SnapshotRecord {
+                revision: synced.revision,
+                answer: body.clone(),
+                third_party: persisted_third_party(&synced.third_party),
+            })
         } else {
             Persist::Changes(JournalRecord { since, to: synced.revision, body: body.clone() })
         });
@@ -764,6 +825,8 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
     let mut pending: std::collections::VecDeque<JournalRecord> = Default::default();
     // Since when the state must be written whole (`None`: it need not).
     let mut whole_since: Option<std::time::Instant> = None;
+    // The snapshot answer to write it from (`None`: from the state held).
+    let mut from_snapshot: Option<SnapshotRecord> = None;
     let mut stopping = false;
     let mut failed = false;
     loop {
@@ -781,6 +844,12 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
                 Persist::Whole => {
                     whole_since.get_or_insert_with(std::time::Instant::now);
                     pending.clear();
+                    from_snapshot = None;
+                }
+                Persist::Snapshot(r) => {
+                    whole_since.get_or_insert_with(std::time::Instant::now);
+                    pending.clear();
+                    from_snapshot = Some(r);
                 }
                 Persist::Stop => stopping = true,
             }
@@ -791,9 +860,13 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
         }
         if let Some(since) = whole_since {
             let yield_to_updates = !stopping && since.elapsed() < PERSIST_WITHIN;
-            match write_whole(&ctx, yield_to_updates) {
+            let written = match &from_snapshot {
+                Some(r) => at_catch_up_priority(|| write_snapshot_state(&dir, r)).map(|bytes| Some((r.revision, bytes))),
+                None => write_whole(&ctx, yield_to_updates),
+            };
+            match written {
                 Ok(Some((revision, bytes))) => {
-                    (head, state_bytes, whole_since) = (revision, bytes, None);
+                    (head, state_bytes, whole_since, from_snapshot) = (revision, bytes, None, None);
                     pending.retain(|r| r.to > revision);
                     if let Err(e) = journal.drop_through(revision) {
                         tracing::warn!("cannot trim the state journal in {}: {e}; will retry", dir.display());
@@ -816,6 +889,7 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
                     // Cannot chain onto what is written (never expected):
                     // write the state whole instead.
                     whole_since = Some(std::time::Instant::now());
+                    from_snapshot = None;
                     break;
                 } else if let Err(e) = journal.append(r) {
                     tracing::warn!("cannot append to the state journal in {}: {e}; will retry", dir.display());
@@ -853,16 +927,23 @@ fn write_whole(ctx: &Ctx, yield_to_updates: bool) -> Result<Option<(u64, u64)>, 
     };
     let Some(p) = p else { return Ok(None) };
     let revision = p.revision;
-    let dir = ctx.config.state_dir.clone();
-    let writer = std::thread::Builder::new()
-        .name("hbgw-state-write".into())
-        .spawn(move || {
-            crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
-            write_state(&dir, p)
-        })
-        .map_err(|e| format!("cannot start the state writer thread: {e}"))?;
-    let bytes = writer.join().map_err(|_| "the state writer thread panicked".to_string())??;
-    Ok(Some((revision, bytes)))
+    let dir = &ctx.config.state_dir;
+    Ok(Some((revision, at_catch_up_priority(move || write_state(dir, p))?)))
+}
+
+/// Runs `write` on a thread of its own at catch-up priority (it holds
+/// nothing anyone waits for) and waits for it.
+fn at_catch_up_priority<T: Send>(write: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("hbgw-state-write".into())
+            .spawn_scoped(scope, move || {
+                crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
+                write()
+            })
+            .map_err(|e| format!("cannot start the state writer thread: {e}"))?;
+        writer.join().map_err(|_| "the state writer thread panicked".to_string())?
+    })
 }
 
 async fn upload_loop(ctx: Arc<Ctx>) {
@@ -1014,5 +1095,63 @@ async fn feed_loop(ctx: Arc<Ctx>, feed: ThirdPartyFeedSection) {
             }
         }
         tokio::time::sleep(Duration::from_secs(feed.interval_s)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_answer(revision: u64) -> (Snapshot, bytes::Bytes) {
+        let snap = Snapshot {
+            policy: None,
+            indicators: vec![
+                WireIndicator { value: "203.0.113.9".into(), audit_id: "A1".into(), feed: "mdr".into() },
+                WireIndicator { value: "evil.example".into(), audit_id: "A2".into(), feed: "other".into() },
+            ],
+            exclusions: vec!["good.evil.example".into()],
+            ..Default::default()
+        };
+        let answer = SyncAnswer { revision, changes: None, snapshot: Some(snap.clone()) };
+        (snap, serde_json::to_vec(&answer).unwrap().into())
+    }
+
+    #[test]
+    fn a_snapshot_answer_is_written_as_received_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snap, answer) = snapshot_answer(12);
+        let third_party = BTreeMap::from([(
+            "tp".to_string(),
+            vec![PersistedThirdParty { value: "198.51.100.7".into(), audit_id: "tp:1".into() }],
+        )]);
+        let r = SnapshotRecord { revision: 12, answer: answer.clone(), third_party };
+        let n = write_snapshot_state(dir.path(), &r).unwrap();
+        let text = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+        assert_eq!(n, text.len() as u64);
+        assert!(text.windows(answer.len()).any(|w| w == &answer[..]), "the answer's bytes, as received");
+        let s = load_state(dir.path(), 100).unwrap().unwrap();
+        assert_eq!(s.revision, 12);
+        assert_eq!(s.to_snapshot(), SyncedState::from_snapshot(12, &snap, 100).unwrap().to_snapshot());
+        assert_eq!(s.third_party["tp"], vec![("198.51.100.7".parse().unwrap(), "tp:1".to_string())]);
+        assert!(s.book.overlay().match_ip("198.51.100.7".parse().unwrap()).drops());
+        assert!(s.book.overlay().match_domain(b"www.evil.example").drops());
+    }
+
+    #[test]
+    fn a_state_file_whose_answer_does_not_fit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |text: String, why: &str| {
+            std::fs::write(dir.path().join(STATE_FILE), text).unwrap();
+            let e = load_state(dir.path(), 100).unwrap_err();
+            assert!(e.contains("is corrupt") && e.contains(why) && e.contains("restore it from a backup"), "{e}");
+        };
+        let (_, answer) = snapshot_answer(12);
+        let answer = String::from_utf8(answer.to_vec()).unwrap();
+        refused(format!(r#"{{"format":1,"revision":13,"answer":{answer}}}"#), "not a snapshot at its revision");
+        refused(r#"{"format":1,"revision":3,"answer":{"revision":3,"changes":[]}}"#.into(), "not a snapshot at its revision");
+        refused(r#"{"format":1,"revision":3}"#.into(), "both or neither");
+        let (snap, _) = snapshot_answer(3);
+        let both = serde_json::json!({"format": 1, "revision": 3, "snapshot": snap, "answer": {"revision": 3, "snapshot": snap}});
+        refused(both.to_string(), "both or neither");
     }
 }
