@@ -3,12 +3,17 @@
 //!
 //!     cargo build --release -p hbgw-controlplane --bin hbgw-central
 //!     cargo run --release --example central_reaction -- single [ROUNDS]
-//!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE]
+//!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE] [--gap-ms G]
 //!     cargo run --release --example central_reaction -- sync [INDICATORS]
 //!
 //! `single` and `batch` take `--held N`: Central holds N indicators (in
 //! 10.0.0.0/8) before the gateway starts, and the gateway enforces them all
-//! before the first round.
+//! before the first round. `--gap-ms G` waits G ms before each round (the
+//! rounds are then batches arriving apart, each on a system done with the
+//! one before; Central first finishes writing the held indicators into its
+//! table); without it each round starts as soon as the one before dropped
+//! (back to back: the gateway may still be committing and compacting the
+//! previous batch).
 //!
 //! A real `hbgw-central` runs as a child process (HTTPS, SQLite). In this
 //! process, the gateway's Central client (the one `hbgw` runs, on its own
@@ -21,8 +26,9 @@
 //! * `batch`: each round posts SIZE indicators in one request (the frame's
 //!   address is the last of them).
 //! * `sync`: Central holds INDICATORS; a gateway with an empty state
-//!   directory starts; time to the whole set enforced, and this process's
-//!   resident memory before and after (Central's memory is its own process).
+//!   directory starts; time to the whole set enforced and to its state file
+//!   written, and this process's resident memory before, after (steady)
+//!   and at its peak (Central's memory is its own process).
 
 use hbgw::gateway::port_context;
 use hbgw_controlplane::central::client::{load_start, CentralClient, CentralSetup};
@@ -130,11 +136,16 @@ fn start_gateway(central: &CentralChild, rt: &tokio::runtime::Runtime, state: Ar
     status
 }
 
-fn rss_kib() -> u64 {
+/// This process's resident memory now (`VmRSS`) or at its peak (`VmHWM`), KiB.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
 }
 
 fn addr(i: usize) -> [u8; 4] {
@@ -198,15 +209,26 @@ fn main() {
             std::thread::sleep(Duration::from_millis(10));
         }
         let took = t.elapsed();
-        std::thread::sleep(Duration::from_secs(3)); // let the snapshot's buffers go
-        let rss1 = rss_kib();
+        // Steady state: the snapshot written as the state file (the answer
+        // is held until then) and its parsed form freed.
+        let state_file = dir.path().join("gw-state").join(hbgw_controlplane::central::client::STATE_FILE);
+        let t_written = Instant::now();
+        while !state_file.exists() {
+            assert!(t_written.elapsed() < Duration::from_secs(600), "the state file was never written");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let written = t.elapsed();
+        std::thread::sleep(Duration::from_secs(3));
+        let (rss1, peak) = (rss_kib(), status_kib("VmHWM:"));
         println!(
-            "full sync of {n} indicators: enforced after {:.2} s; gateway process RSS {} MiB -> {} MiB (+{} MiB, {} B/indicator); revision {}",
+            "full sync of {n} indicators: enforced after {:.2} s, state file written after {:.2} s; gateway process RSS {} MiB -> {} MiB (+{} MiB, {} B/indicator), peak {} MiB; revision {}",
             took.as_secs_f64(),
+            written.as_secs_f64(),
             rss0 / 1024,
             rss1 / 1024,
             (rss1.saturating_sub(rss0)) / 1024,
             (rss1.saturating_sub(rss0)) * 1024 / n as u64,
+            peak / 1024,
             status.lock().map(|s| s.revision).unwrap_or(0)
         );
         return;
@@ -222,6 +244,13 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
     println!("gateway connected, {} indicators held", state.indicators().len());
+    if !gap.is_zero() {
+        // Settled rounds: Central's table holds the preloaded indicators
+        // (its status call finishes materialising them) before the first.
+        let t = Instant::now();
+        let status = central.call(&rt, hyper::Method::GET, "/v1/admin/status", None);
+        println!("Central settled ({status}) in {:.1} s", t.elapsed().as_secs_f64());
+    }
 
     // The worker: bursts of 32 over the current round's frame.
     let frames: Arc<Vec<Vec<u8>>> = Arc::new(
