@@ -94,6 +94,11 @@ fn now_ms() -> u64 {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory,
 /// synced, then renamed over the old one.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    write_atomic_parts(path, &[bytes], private)
+}
+
+/// [`write_atomic`] of the concatenation of `parts` (not copied into one buffer first).
+fn write_atomic_parts(path: &Path, parts: &[&[u8]], private: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
@@ -106,7 +111,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result
             .truncate(true)
             .mode(if private { 0o600 } else { 0o644 })
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        for part in parts {
+            f.write_all(part)?;
+        }
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -219,13 +226,14 @@ fn write_state(dir: &Path, mut p: PersistedState) -> Result<u64, String> {
         s.indicators.sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
     }
     let bytes = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
-    write_state_bytes(dir, &bytes)
+    write_state_parts(dir, &[&bytes])
 }
 
-fn write_state_bytes(dir: &Path, bytes: &[u8]) -> Result<u64, String> {
+/// Writes the state file atomically from `parts`; returns its size.
+fn write_state_parts(dir: &Path, parts: &[&[u8]]) -> Result<u64, String> {
     let path = dir.join(STATE_FILE);
-    write_atomic(&path, bytes, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))?;
-    Ok(bytes.len() as u64)
+    write_atomic_parts(&path, parts, false).map_err(|e| format!("cannot write the last-known-good state {}: {e}", path.display()))?;
+    Ok(parts.iter().map(|p| p.len() as u64).sum())
 }
 
 /// A snapshot answer applied, to be written as the state file as it was
@@ -239,17 +247,12 @@ struct SnapshotRecord {
 
 /// Writes the state file of a snapshot answer: the answer's bytes spliced
 /// into the file as they are (no copy of the state, no serialising of a
-/// million indicators); returns the size written.
+/// million indicators, not even a copy of the answer); returns the size
+/// written.
 fn write_snapshot_state(dir: &Path, r: &SnapshotRecord) -> Result<u64, String> {
     let third_party = serde_json::to_vec(&r.third_party).map_err(|e| e.to_string())?;
     let head = format!("{{\"format\":{STATE_FORMAT},\"revision\":{},\"answer\":", r.revision);
-    let mut bytes = Vec::with_capacity(head.len() + r.answer.len() + third_party.len() + 20);
-    bytes.extend_from_slice(head.as_bytes());
-    bytes.extend_from_slice(&r.answer);
-    bytes.extend_from_slice(b",\"third_party\":");
-    bytes.extend_from_slice(&third_party);
-    bytes.push(b'}');
-    write_state_bytes(dir, &bytes)
+    write_state_parts(dir, &[head.as_bytes(), &r.answer, b",\"third_party\":", &third_party, b"}"])
 }
 
 /// The policy in force while Central has given none.
