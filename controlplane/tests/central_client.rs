@@ -193,8 +193,9 @@ async fn enrolls_follows_a_real_central_and_resyncs_after_a_gap() {
 
 /// Each applied update is appended to the journal (the state file is not
 /// rewritten); once the journal outgrows the state file and
-/// `JOURNAL_FOLD_MIN_BYTES`, the state is written whole and the journal
-/// emptied; a restart loads exactly what was enforced either way.
+/// `JOURNAL_FOLD_MIN_BYTES`, it is folded into a new state file (from the
+/// files, beside the appends) and trimmed; a restart loads exactly what was
+/// enforced either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_are_journaled_and_the_journal_is_folded_into_the_state_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,6 +241,12 @@ async fn updates_are_journaled_and_the_journal_is_folded_into_the_state_file() {
     }
     assert!(folded, "the journal was folded into the state file");
     wait_until("journal trimmed", Duration::from_secs(15), || std::fs::metadata(&journal).map_or(0, |m| m.len()) < 1 << 20).await;
+    let left: Vec<String> = std::fs::read_dir(d.join("gw"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".fold") || n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "the fold left {left:?}");
     assert!(state.indicators().match_ip(ip("10.0.2.7")).drops());
     client.finish();
     let again = load_state(&d.join("gw"), 100_000).unwrap().unwrap();

@@ -99,25 +99,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result
 
 /// [`write_atomic`] of the concatenation of `parts` (not copied into one buffer first).
 fn write_atomic_parts(path: &Path, parts: &[&[u8]], private: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&tmp)?;
-        for part in parts {
-            f.write_all(part)?;
-        }
-        f.sync_all()?;
+    write_synced(&tmp, parts, private)?;
+    rename_synced(&tmp, path)
+}
+
+/// Writes the concatenation of `parts` to `path` and syncs it.
+fn write_synced(path: &Path, parts: &[&[u8]], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(if private { 0o600 } else { 0o644 }).open(path)?;
+    for part in parts {
+        f.write_all(part)?;
     }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
+    f.sync_all()
+}
+
+/// Renames `from` over `to` and syncs their directory.
+fn rename_synced(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    if let Some(dir) = to.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -134,14 +138,27 @@ pub fn load_state(dir: &Path, limit: usize) -> Result<Option<SyncedState>, Strin
 
 /// [`load_state`], and the journal open for the next appends.
 fn load_state_and_journal(dir: &Path, limit: usize) -> Result<(Option<SyncedState>, StateJournal), String> {
+    let mut state = read_state_file(dir, limit)?;
+    let (journal, records) = StateJournal::open(dir)?;
+    replay_journal(dir, &mut state, records, limit, &|| false)?;
+    if let Some(s) = state.as_mut() {
+        s.rebuild().map_err(|e| corrupt_state(dir, e.to_string()))?;
+    }
+    Ok((state, journal))
+}
+
+fn corrupt_state(dir: &Path, why: String) -> String {
+    format!(
+        "the last-known-good state {} is corrupt ({why}): restore it from a backup, or delete it to start with [central] before_first_sync and resync from Central",
+        dir.join(STATE_FILE).display()
+    )
+}
+
+/// The state file's state (indicators not compiled); `None` when there is none.
+fn read_state_file(dir: &Path, limit: usize) -> Result<Option<SyncedState>, String> {
     let path = dir.join(STATE_FILE);
-    let corrupt = |why: String| {
-        format!(
-            "the last-known-good state {} is corrupt ({why}): restore it from a backup, or delete it to start with [central] before_first_sync and resync from Central",
-            path.display()
-        )
-    };
-    let mut state = match std::fs::read(&path) {
+    let corrupt = |why: String| corrupt_state(dir, why);
+    match std::fs::read(&path) {
         Ok(bytes) => {
             let p: PersistedState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
             if p.format != STATE_FORMAT {
@@ -158,48 +175,59 @@ fn load_state_and_journal(dir: &Path, limit: usize) -> Result<(Option<SyncedStat
                 }
                 s.third_party.insert(feed, v);
             }
-            Some(s)
+            Ok(Some(s))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read the last-known-good state {}: {e}: fix its permissions", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read the last-known-good state {}: {e}: fix its permissions", path.display())),
+    }
+}
+
+/// Applies the journal's `records` (the answers applied after the state
+/// file was written, in order) to `state` (indicators not compiled);
+/// `false` when `stop` said so first.
+fn replay_journal(
+    dir: &Path,
+    state: &mut Option<SyncedState>,
+    records: Vec<JournalRecord>,
+    limit: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<bool, String> {
+    if records.is_empty() {
+        return Ok(true);
+    }
+    let s = state.get_or_insert_with(SyncedState::default);
+    let bad = |why: String| {
+        format!(
+            "the last-known-good state journal {} does not apply ({why}): restore the state directory from a backup, or delete both central-state files to resync from Central",
+            dir.join(super::state_journal::JOURNAL_FILE).display()
+        )
     };
-    let (journal, records) = StateJournal::open(dir)?;
-    if !records.is_empty() {
-        // The answers applied after the state file was written, in order.
-        let s = state.get_or_insert_with(SyncedState::default);
-        let bad = |why: String| {
-            format!(
-                "the last-known-good state journal {} does not apply ({why}): restore the state directory from a backup, or delete both central-state files to resync from Central",
-                dir.join(super::state_journal::JOURNAL_FILE).display()
-            )
-        };
-        for r in records {
-            if r.to <= s.revision {
-                continue;
-            }
-            if r.since != s.revision {
-                return Err(bad(format!("a record from revision {} follows revision {}", r.since, s.revision)));
-            }
-            let answer: SyncAnswer = serde_json::from_slice(&r.body).map_err(|e| bad(e.to_string()))?;
-            s.replay(&answer, limit).map_err(|e| bad(e.to_string()))?;
+    for r in records {
+        if stop() {
+            return Ok(false);
         }
-        if s.indicators.len() > limit {
-            return Err(format!(
-                "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
-                s.indicators.len()
-            ));
+        if r.to <= s.revision {
+            continue;
         }
+        if r.since != s.revision {
+            return Err(bad(format!("a record from revision {} follows revision {}", r.since, s.revision)));
+        }
+        let answer: SyncAnswer = serde_json::from_slice(&r.body).map_err(|e| bad(e.to_string()))?;
+        s.replay(&answer, limit).map_err(|e| bad(e.to_string()))?;
     }
-    if let Some(s) = state.as_mut() {
-        s.rebuild().map_err(|e| corrupt(e.to_string()))?;
+    if s.indicators.len() > limit {
+        return Err(format!(
+            "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
+            s.indicators.len()
+        ));
     }
-    Ok((state, journal))
+    Ok(true)
 }
 
 /// Writes the state atomically: the state file, whole; the journal, which
 /// it supersedes, emptied.
 pub fn save_state(dir: &Path, s: &SyncedState) -> Result<(), String> {
-    let Some(p) = persisted(s, || false) else { return Ok(()) };
+    let Ok(p) = persisted(s, || false) else { return Ok(()) };
     write_state(dir, p)?;
     match std::fs::remove_file(dir.join(super::state_journal::JOURNAL_FILE)) {
         Ok(()) => Ok(()),
@@ -208,9 +236,10 @@ pub fn save_state(dir: &Path, s: &SyncedState) -> Result<(), String> {
     }
 }
 
-/// What is written of `s`; `None` when `stop` said so before it was done.
-fn persisted(s: &SyncedState, stop: impl Fn() -> bool) -> Option<PersistedState> {
-    Some(PersistedState {
+/// What is written of `s`; when `stop` said so before it was done, what
+/// was copied (see [`SyncedState::to_snapshot_unless`]).
+fn persisted(s: &SyncedState, stop: impl Fn() -> bool) -> Result<PersistedState, Vec<WireIndicator>> {
+    Ok(PersistedState {
         format: STATE_FORMAT,
         revision: s.revision,
         snapshot: Some(s.to_snapshot_unless(stop)?),
@@ -221,12 +250,16 @@ fn persisted(s: &SyncedState, stop: impl Fn() -> bool) -> Option<PersistedState>
 
 /// Writes a persisted state atomically, indicators sorted by audit ID;
 /// returns its size.
-fn write_state(dir: &Path, mut p: PersistedState) -> Result<u64, String> {
+fn write_state(dir: &Path, p: PersistedState) -> Result<u64, String> {
+    write_state_parts(dir, &[&state_bytes(p)?])
+}
+
+/// The state file's bytes, indicators sorted by audit ID.
+fn state_bytes(mut p: PersistedState) -> Result<Vec<u8>, String> {
     if let Some(s) = p.snapshot.as_mut() {
         s.indicators.sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
     }
-    let bytes = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
-    write_state_parts(dir, &[&bytes])
+    serde_json::to_vec(&p).map_err(|e| e.to_string())
 }
 
 /// Writes the state file atomically from `parts`; returns its size.
@@ -695,6 +728,7 @@ async fn sync_loop(ctx: Arc<Ctx>) {
         // at once (a tight loop while both are at revision 0).
         let held = if synced_once && !force_snapshot { "&synced=1" } else { "" };
         let path = format!("/v1/sync?since={since}&wait={wait}&v={}{held}", super::protocol::SYNC_VERSION);
+        tracing::debug!("sync: asking Central for what follows revision {since}");
         let answer = ctx
             .client
             .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
@@ -817,28 +851,114 @@ pub const PERSIST_WITHIN: Duration = Duration::from_secs(60);
 /// state file and this.
 pub const JOURNAL_FOLD_MIN_BYTES: u64 = 1 << 20;
 
+/// Where a fold of the journal writes the state file (this, then a name
+/// of its own: a fold cancelled at a stop may still be writing when the
+/// client starts again in the same process); the persist thread renames it
+/// into place.
+const FOLD_FILE: &str = "central-state.json.fold";
+
+/// A fold of the journal into the state file, under way on a thread of its own.
+struct JournalFold {
+    thread: std::thread::JoinHandle<Result<Option<(u64, u64)>, String>>,
+    /// Set when its result must not be installed: the state was written
+    /// whole since it started, or the client stops.
+    cancel: Arc<AtomicBool>,
+    /// The file it writes.
+    path: PathBuf,
+    started: std::time::Instant,
+}
+
+impl JournalFold {
+    fn start(dir: PathBuf, limit: usize) -> std::io::Result<JournalFold> {
+        static FOLDS: AtomicU64 = AtomicU64::new(0);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let path = dir.join(format!("{FOLD_FILE}-{}-{}", std::process::id(), FOLDS.fetch_add(1, Ordering::Relaxed)));
+        let (c, p) = (cancel.clone(), path.clone());
+        let thread = std::thread::Builder::new().name("hbgw-state-fold".into()).spawn(move || {
+            crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
+            fold_journal(&dir, &p, limit, &c)
+        })?;
+        Ok(JournalFold { thread, cancel, path, started: std::time::Instant::now() })
+    }
+}
+
+/// Removes what folds left in `dir` (a process that did not outlive one).
+fn remove_fold_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with(FOLD_FILE)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Folds the journal into a new state file, from the files alone: the
+/// state file is read, the journal replayed onto it (nothing compiled),
+/// and the result written to `path` (synced). Returns its revision and
+/// size; `None` when `cancel` was set meanwhile (then nothing is left at
+/// `path`, unless the process ends first).
+///
+/// Why from the files and not from the state in memory: a copy of that
+/// needs the state's lock for as long as it takes (3M indicators: ~1 s),
+/// and with updates arriving every second or so it either holds up one of
+/// them that long or gives way and starts again, for ever (measured: one
+/// update in two waited 50-170 ms at 3M held, until the copy gave way).
+/// This holds no lock anyone waits for, at catch-up priority; the price is
+/// a second copy of the state in memory while it runs.
+fn fold_journal(dir: &Path, path: &Path, limit: usize, cancel: &AtomicBool) -> Result<Option<(u64, u64)>, String> {
+    let stop = || cancel.load(Ordering::Acquire);
+    let mut state = read_state_file(dir, limit)?;
+    let records = super::state_journal::read_records(dir)?;
+    if stop() || !replay_journal(dir, &mut state, records, limit, &stop)? {
+        return Ok(None);
+    }
+    let Some(s) = state else { return Ok(None) };
+    let Ok(p) = persisted(&s, stop) else { return Ok(None) };
+    drop(s);
+    let revision = p.revision;
+    let bytes = state_bytes(p)?;
+    if stop() {
+        return Ok(None);
+    }
+    write_synced(path, &[&bytes], false).map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        format!("cannot write {}: {e}", path.display())
+    })?;
+    if stop() {
+        let _ = std::fs::remove_file(path);
+        return Ok(None);
+    }
+    Ok(Some((revision, bytes.len() as u64)))
+}
+
 /// The persist thread: appends each applied answer
 /// of changes to the journal (synced, in commit order), and writes the
-/// state file whole when a snapshot or third-party feed replaced the state
-/// or the journal has outgrown it. `head`: the revision the state file and
-/// journal hold together.
+/// state file whole when a snapshot or third-party feed replaced the state;
+/// when the journal has outgrown the state file, folds it into a new one
+/// on a thread of its own (see [`fold_journal`]) while the appends go on.
+/// `head`: the revision the state file and journal hold together.
 fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut journal: StateJournal, mut head: u64) {
     let dir = ctx.config.state_dir.clone();
+    remove_fold_files(&dir);
     let mut state_bytes = std::fs::metadata(dir.join(STATE_FILE)).map_or(0, |m| m.len());
     let mut pending: std::collections::VecDeque<JournalRecord> = Default::default();
     // Since when the state must be written whole (`None`: it need not).
     let mut whole_since: Option<std::time::Instant> = None;
     // The snapshot answer to write it from (`None`: from the state held).
     let mut from_snapshot: Option<SnapshotRecord> = None;
+    let mut fold: Option<JournalFold> = None;
+    // No new fold before this (the last one failed).
+    let mut fold_after = std::time::Instant::now();
     let mut stopping = false;
     let mut failed = false;
     loop {
         let first = if stopping {
             None
-        } else if pending.is_empty() && whole_since.is_none() {
+        } else if pending.is_empty() && whole_since.is_none() && fold.is_none() {
             rx.recv().ok()
         } else {
-            // Work is left (a write gave way to an update, or failed): again soon.
+            // Work is left (a write gave way to an update, or failed, or a
+            // fold runs): again soon.
             rx.recv_timeout(if failed { Duration::from_secs(1) } else { Duration::from_millis(100) }).ok()
         };
         for m in first.into_iter().chain(rx.try_iter()) {
@@ -857,9 +977,72 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
                 Persist::Stop => stopping = true,
             }
         }
+        if let Some(f) = &fold {
+            if whole_since.is_some() || stopping {
+                // What it folds is superseded (or nobody will install it).
+                f.cancel.store(true, Ordering::Release);
+            }
+        }
+        if stopping && fold.as_ref().is_some_and(|f| !f.thread.is_finished()) {
+            // Not waited for (reading a 10M-indicator state file alone
+            // takes seconds): cancelled, it writes nothing more and
+            // removes what it wrote; one cut short by the exit leaves its
+            // file, removed at the next start.
+            fold = None;
+        }
+        if let Some(f) = fold.take_if(|f| f.thread.is_finished()) {
+            let folded = f.thread.join().unwrap_or_else(|_| Err("the state fold thread panicked".into()));
+            let tmp = &f.path;
+            match folded {
+                Ok(Some((revision, bytes))) if !f.cancel.load(Ordering::Acquire) => {
+                    match rename_synced(tmp, &dir.join(STATE_FILE)) {
+                        Ok(()) => {
+                            state_bytes = bytes;
+                            tracing::info!(
+                                "state journal folded into the state file at revision {revision} ({bytes} bytes) in {:?}",
+                                f.started.elapsed()
+                            );
+                            if let Err(e) = journal.drop_through(revision) {
+                                tracing::warn!("cannot trim the state journal in {}: {e}; will retry", dir.display());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot install the folded state {}: {e}; will retry", tmp.display());
+                            let _ = std::fs::remove_file(tmp);
+                            fold_after = std::time::Instant::now() + Duration::from_secs(10);
+                        }
+                    }
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                Err(e) => {
+                    // The files do not fold (never expected): the state
+                    // held is written whole instead.
+                    tracing::warn!("the state journal does not fold ({e}): writing the state held instead");
+                    let _ = std::fs::remove_file(tmp);
+                    whole_since.get_or_insert_with(std::time::Instant::now);
+                    fold_after = std::time::Instant::now() + Duration::from_secs(10);
+                }
+            }
+        }
         failed = false;
-        if whole_since.is_none() && journal.len() > state_bytes.max(JOURNAL_FOLD_MIN_BYTES) {
-            whole_since = Some(std::time::Instant::now());
+        if whole_since.is_none()
+            && fold.is_none()
+            && !stopping
+            && std::time::Instant::now() >= fold_after
+            && journal.len() > state_bytes.max(JOURNAL_FOLD_MIN_BYTES)
+        {
+            match JournalFold::start(dir.clone(), ctx.config.max_indicators) {
+                Ok(f) => {
+                    tracing::debug!("state journal of {} bytes: folding it into the state file of {state_bytes}", journal.len());
+                    fold = Some(f);
+                }
+                Err(e) => {
+                    tracing::warn!("cannot start the state fold thread ({e}): writing the state held instead");
+                    whole_since = Some(std::time::Instant::now());
+                }
+            }
         }
         if let Some(since) = whole_since {
             let yield_to_updates = !stopping && since.elapsed() < PERSIST_WITHIN;
@@ -928,7 +1111,8 @@ fn write_whole(ctx: &Ctx, yield_to_updates: bool) -> Result<Option<(u64, u64)>, 
         let s = lock(&ctx.synced);
         persisted(&s, || yield_to_updates && ctx.update_waiting.load(Ordering::Acquire))
     };
-    let Some(p) = p else { return Ok(None) };
+    // Given way: what was copied is freed here, not under the lock.
+    let Ok(p) = p else { return Ok(None) };
     let revision = p.revision;
     let dir = &ctx.config.state_dir;
     Ok(Some((revision, at_catch_up_priority(move || write_state(dir, p))?)))
@@ -1138,6 +1322,56 @@ mod tests {
         assert_eq!(s.third_party["tp"], vec![("198.51.100.7".parse().unwrap(), "tp:1".to_string())]);
         assert!(s.book.overlay().match_ip("198.51.100.7".parse().unwrap()).drops());
         assert!(s.book.overlay().match_domain(b"www.evil.example").drops());
+    }
+
+    /// The journal folded from the files: the fold's state file loads as
+    /// the state file and journal did (a record being appended left out);
+    /// a cancelled fold writes nothing.
+    #[test]
+    fn the_journal_folds_into_a_state_file_from_the_files_alone() {
+        use super::super::protocol::{Change, JournalEntry};
+        use super::super::state_journal::JOURNAL_FILE;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (_, answer) = snapshot_answer(12);
+        write_snapshot_state(d, &SnapshotRecord { revision: 12, answer, third_party: BTreeMap::new() }).unwrap();
+        let (mut journal, _) = StateJournal::open(d).unwrap();
+        let change = |revision: u64, change: Change| {
+            let a = SyncAnswer { revision, changes: Some(vec![JournalEntry { revision, change }]), snapshot: None };
+            JournalRecord { since: revision - 1, to: revision, body: serde_json::to_vec(&a).unwrap().into() }
+        };
+        let add = |v: &str, a: &str| WireIndicator { value: v.into(), audit_id: a.into(), feed: "mdr".into() };
+        journal.append(&change(13, Change::IndicatorsAdd { indicators: vec![add("198.51.100.1", "B1"), add("bad.example", "A2")] })).unwrap();
+        journal.append(&change(14, Change::IndicatorsRemove { audit_ids: vec!["A1".into()] })).unwrap();
+        // A record being appended while the fold reads: torn, left out.
+        let torn = change(15, Change::IndicatorsRemove { audit_ids: vec!["B1".into()] });
+        let mut bytes = std::fs::read(d.join(JOURNAL_FILE)).unwrap();
+        let whole = bytes.len();
+        journal.append(&torn).unwrap();
+        bytes = std::fs::read(d.join(JOURNAL_FILE)).unwrap();
+        std::fs::write(d.join(JOURNAL_FILE), &bytes[..bytes.len() - 3]).unwrap();
+        assert!(bytes.len() - 3 > whole);
+        let want = load_state(d, 100).unwrap().unwrap();
+        assert_eq!(want.revision, 14);
+
+        let out = d.join(format!("{FOLD_FILE}-test"));
+        let cancelled = AtomicBool::new(true);
+        assert_eq!(fold_journal(d, &out, 100, &cancelled).unwrap(), None);
+        assert!(!out.exists(), "a cancelled fold writes nothing");
+
+        let (revision, size) = fold_journal(d, &out, 100, &AtomicBool::new(false)).unwrap().unwrap();
+        assert_eq!(revision, 14);
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+        assert!(std::fs::read_to_string(d.join(STATE_FILE)).unwrap().contains("\"answer\""), "the state file is untouched");
+        let folded = tempfile::tempdir().unwrap();
+        std::fs::copy(&out, folded.path().join(STATE_FILE)).unwrap();
+        let got = load_state(folded.path(), 100).unwrap().unwrap();
+        assert_eq!(got.revision, 14);
+        assert_eq!(got.to_snapshot(), want.to_snapshot());
+        assert_eq!(got.indicators.len(), 2, "A1 removed, B1 added, A2 replaced");
+        assert_eq!(got.indicators.get("A2").map(|h| h.kind.to_string()).as_deref(), Some("bad.example"));
+        remove_fold_files(d);
+        assert!(!out.exists(), "left by a fold the process did not outlive: removed at start");
     }
 
     #[test]

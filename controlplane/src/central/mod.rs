@@ -2,7 +2,8 @@
 //! gateway's side of it.
 //!
 //! * [`protocol`] — the wire format and the gateway's validated model of
-//!   what Central shared ([`protocol::SyncedState`]);
+//!   what Central shared ([`protocol::SyncedState`]; its indicators by
+//!   audit ID in a [`held_map::HeldMap`], which grows without a stop);
 //! * [`http`] — HTTPS client and server plumbing (rustls, hyper);
 //! * [`client`] — the gateway's client: enrollment, sync, last-known-good
 //!   state (its journal: [`state_journal`]), log and health upload
@@ -18,6 +19,7 @@
 pub mod ca;
 pub mod client;
 pub mod feeds;
+pub mod held_map;
 pub mod http;
 pub mod protocol;
 pub mod server;

@@ -9,6 +9,7 @@
 //! client's job, with the compiled result) and never panic on input.
 
 use crate::heartbeat::CertFingerprint;
+use super::held_map::HeldMap;
 use hbgw_shared::indicator_overlay::{Hides, IndicatorOverlay};
 use hbgw_shared::indicators::{
     ExclusionSet, IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
@@ -580,7 +581,7 @@ pub struct SyncedState {
     /// Threat exclusions as sent.
     pub exclusions: Vec<String>,
     /// Indicators by audit ID.
-    pub indicators: FxHashMap<Box<str>, HeldIndicator>,
+    pub indicators: HeldMap<HeldIndicator>,
     /// Endpoint certificates by fingerprint.
     pub certs: BTreeMap<CertFingerprint, HeldCert>,
     /// Indicators from third-party feeds the gateway polls itself, by feed name.
@@ -681,7 +682,7 @@ impl SyncedState {
         check_feed_settings(&snap.feed_settings)?;
         check_exclusions(&snap.exclusions)?;
         let mut names = FeedNames::default();
-        let mut indicators = FxHashMap::with_capacity_and_hasher(snap.indicators.len(), Default::default());
+        let mut indicators = HeldMap::with_capacity(snap.indicators.len());
         for i in &snap.indicators {
             indicators.insert(Box::from(i.audit_id.as_str()), names.check(&i.value, &i.audit_id, &i.feed)?);
         }
@@ -714,17 +715,19 @@ impl SyncedState {
     }
 
     /// The snapshot of this state, indicators in no particular order; gives
-    /// up (`None`) as soon as `stop` says so (checked every 4096 indicators),
-    /// so that whoever holds this state's lock for it can yield to an update.
-    pub fn to_snapshot_unless(&self, stop: impl Fn() -> bool) -> Option<Snapshot> {
+    /// up as soon as `stop` says so (checked every 4096 indicators), so that
+    /// whoever holds this state's lock for it can yield to an update. Given
+    /// up, it returns what it had copied: for the caller to free after
+    /// letting go of the lock (freeing a million strings takes ~0.1 s).
+    pub fn to_snapshot_unless(&self, stop: impl Fn() -> bool) -> Result<Snapshot, Vec<WireIndicator>> {
         let mut indicators: Vec<WireIndicator> = Vec::with_capacity(self.indicators.len());
         for (n, (a, h)) in self.indicators.iter().enumerate() {
             if n % 4096 == 0 && stop() {
-                return None;
+                return Err(indicators);
             }
             indicators.push(WireIndicator { value: h.kind.to_string(), audit_id: a.to_string(), feed: h.feed.to_string() });
         }
-        Some(Snapshot {
+        Ok(Snapshot {
             policy: self.policy.clone(),
             feed_settings: self.feed_settings.clone(),
             exclusions: self.exclusions.clone(),
@@ -820,7 +823,7 @@ impl SyncedState {
         if touched.is_empty() {
             return Ok(o);
         }
-        let olds: Vec<Option<&HeldIndicator>> = touched.iter().map(|(audit, _)| self.indicators.get(*audit)).collect();
+        let olds: Vec<Option<&HeldIndicator>> = touched.iter().map(|(audit, _)| self.indicators.get(audit)).collect();
         // Where each audit ID is touched last in this update: that touch
         // says what is in force after it.
         let mut mine: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(touched.len(), Default::default());
@@ -1077,6 +1080,9 @@ impl SyncedState {
                         ValidChange::Heartbeat(h) => self.heartbeat = Some(h),
                     }
                 }
+                // A doubling of the map under way advances by what this
+                // update inserted (see `held_map`).
+                self.indicators.settle();
                 self.revision = revision;
             }
         }

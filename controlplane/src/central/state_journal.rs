@@ -16,7 +16,9 @@
 //! gateway refuses to start rather than enforce half a history.
 //!
 //! It owns the journal file only; it must never be written by anyone but
-//! the client's persist thread, nor be read except at start.
+//! the client's persist thread, nor be read except at start and by the
+//! fold of the journal into the state file ([`read_records`], which never
+//! repairs: the persist thread may be appending meanwhile).
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -89,6 +91,18 @@ fn decode(bytes: &[u8]) -> Result<(Vec<JournalRecord>, usize), String> {
         at += end;
     }
     Ok((out, at))
+}
+
+/// The records of the journal of state directory `dir`, read only: a torn
+/// last record (one being appended while this reads) is left out.
+pub fn read_records(dir: &Path) -> Result<Vec<JournalRecord>, String> {
+    let path = dir.join(JOURNAL_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}: fix its permissions", path.display())),
+    };
+    decode(&bytes).map(|(records, _)| records).map_err(|why| format!("the state journal {} is corrupt ({why})", path.display()))
 }
 
 impl StateJournal {
