@@ -380,7 +380,10 @@ struct Ctx {
     /// To the persist thread, in the order the changes were committed.
     persist: crossbeam_channel::Sender<Persist>,
     compacting: AtomicBool,
-    /// An update waits for `synced`: the state writer lets go of it.
+    /// A [`settle_while_idle`] runs.
+    settling: AtomicBool,
+    /// An update waits for `synced`: the state writer and
+    /// [`settle_while_idle`] let go of it.
     update_waiting: AtomicBool,
     /// The last refused update or feed, reported to Central in the health summary.
     rejections: Mutex<Rejections>,
@@ -472,6 +475,7 @@ impl CentralClient {
             spool: Arc::new(Mutex::new(start.spool)),
             persist: persist_tx,
             compacting: AtomicBool::new(false),
+            settling: AtomicBool::new(false),
             update_waiting: AtomicBool::new(false),
             rejections: Mutex::new(Rejections::default()),
             health_now: tokio::sync::Notify::new(),
@@ -756,6 +760,13 @@ async fn sync_loop(ctx: Arc<Ctx>) {
                 // long poll that brought nothing means a quiet Central: the
                 // layers of small updates are folded too.
                 maybe_compact(&worker, !changed);
+                if !worker.settling.swap(true, Ordering::AcqRel) {
+                    let w = worker.clone();
+                    tokio::task::spawn_blocking(move || {
+                        settle_while_idle(&w);
+                        w.settling.store(false, Ordering::Release);
+                    });
+                }
             }
             r
         })
@@ -787,6 +798,22 @@ async fn sync_loop(ctx: Arc<Ctx>) {
                 tokio::time::sleep(backoff.next()).await;
             }
         }
+    }
+}
+
+/// Old entries of the model's map moved per step of [`settle_while_idle`]
+/// (~2-4 ms here): the longest an update waits for it.
+const SETTLE_STEP: usize = 16 * 1024;
+
+/// Moves the model map's old entries into its new table ahead of need
+/// while no update waits (see `held_map`: then the updates that follow do
+/// not), a step at a time under the state's lock.
+fn settle_while_idle(ctx: &Ctx) {
+    while !ctx.update_waiting.load(Ordering::Acquire) {
+        if !lock(&ctx.synced).indicators.settle_ahead(SETTLE_STEP) {
+            return;
+        }
+        std::thread::yield_now();
     }
 }
 

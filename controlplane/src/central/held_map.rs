@@ -14,12 +14,14 @@
 //! beside a table of indices (`indexmap`): an insert writes 8 bytes at a
 //! random place and appends the entry, and a larger vector is a
 //! reallocation whose pages are touched only as it fills. Second, it
-//! starts a new map when the current one is full and moves
-//! [`MOVES_PER_INSERT`] old entries into it per insert, in each batch's
-//! [`HeldMap::settle`]: the doubling's cost is spread over the batches
-//! that follow (moves per insert > 1, so the old map is empty long before
-//! the new one fills). Meanwhile a lookup that misses the new map probes
-//! the old one too.
+//! starts a new map ([`GROWTH`] times the entries) when the current one is
+//! full, and moves the old entries into it: ahead of need while the
+//! control plane is idle ([`HeldMap::settle_ahead`], in small steps that
+//! give way to an update), and otherwise [`MOVES_PER_INSERT`] per insert,
+//! in each batch's [`HeldMap::settle`]: the doubling's cost is spread over
+//! idle time and the batches that follow (the old map is always empty
+//! before the new one fills). Meanwhile a lookup that misses the new map
+//! probes the old one too.
 //!
 //! It owns only the two tables; it must never reorder what callers see of
 //! an entry (an entry is in exactly one table) nor move entries anywhere
@@ -31,8 +33,15 @@ use rustc_hash::FxBuildHasher;
 type Table<V> = IndexMap<Box<str>, V, FxBuildHasher>;
 
 /// Old entries moved into the new table per entry inserted while a
-/// doubling is under way (in [`HeldMap::settle`]).
-pub const MOVES_PER_INSERT: usize = 2;
+/// doubling is under way (in [`HeldMap::settle`], less what was moved
+/// ahead).
+pub const MOVES_PER_INSERT: usize = 1;
+
+/// The new map's room, in entries of the full one: with one move per
+/// insert the old map is empty after as many inserts as it held, when the
+/// new one holds twice that; the rest is slack for a batch's inserts
+/// before its `settle`.
+pub const GROWTH: f64 = 2.25;
 
 /// A map from `Box<str>` keys, doubling incrementally (see the module docs).
 #[derive(Debug, Clone)]
@@ -42,11 +51,13 @@ pub struct HeldMap<V> {
     old: Table<V>,
     /// Inserts since the last `settle` while a doubling was under way.
     owed: usize,
+    /// Entries moved ahead of need (by `settle_ahead`), not yet owed.
+    ahead: usize,
 }
 
 impl<V> Default for HeldMap<V> {
     fn default() -> Self {
-        HeldMap { cur: Table::default(), old: Table::default(), owed: 0 }
+        HeldMap { cur: Table::default(), old: Table::default(), owed: 0, ahead: 0 }
     }
 }
 
@@ -121,18 +132,34 @@ impl<V> HeldMap<V> {
     /// (call it after each batch of inserts: one pass over the old table
     /// per call, not per insert).
     pub fn settle(&mut self) {
-        let owed = std::mem::take(&mut self.owed);
-        if self.old.is_empty() {
-            return;
+        let owed = std::mem::take(&mut self.owed).saturating_mul(MOVES_PER_INSERT);
+        let credit = owed.min(self.ahead);
+        self.ahead -= credit;
+        self.move_old(owed - credit);
+    }
+
+    /// Moves up to `n` old entries ahead of need (call it while idle, in
+    /// small steps); whether a doubling is still under way.
+    pub fn settle_ahead(&mut self, n: usize) -> bool {
+        self.ahead += self.move_old(n);
+        self.growing()
+    }
+
+    /// Moves up to `n` old entries into the new map; how many.
+    fn move_old(&mut self, n: usize) -> usize {
+        if self.old.is_empty() || n == 0 {
+            return 0;
         }
-        let n = owed.saturating_mul(MOVES_PER_INSERT);
         // From the end: nothing else in the old map moves.
         let from = self.old.len().saturating_sub(n);
         let moved: Vec<(Box<str>, V)> = self.old.drain(from..).collect();
+        let count = moved.len();
         self.cur.extend(moved);
         if self.old.is_empty() {
             self.old = Table::default();
+            self.ahead = 0;
         }
+        count
     }
 
     /// The full table becomes the old one, under a new one twice the size.
@@ -143,7 +170,8 @@ impl<V> HeldMap<V> {
             let rest = std::mem::take(&mut self.old);
             self.cur.extend(rest);
         }
-        let room = (2 * self.cur.len()).max(1024);
+        self.ahead = 0;
+        let room = ((self.cur.len() as f64 * GROWTH) as usize).max(1024);
         let fresh = Table::with_capacity_and_hasher(room, FxBuildHasher);
         let full = std::mem::replace(&mut self.cur, fresh);
         self.old = full;
@@ -179,6 +207,7 @@ mod tests {
             cap - MOVES_PER_INSERT,
             "one insert owes {MOVES_PER_INSERT} moves; the ones before the doubling none"
         );
+        let room = m.cur.capacity();
         let mut batches = 0;
         while m.growing() {
             for i in 0..100u32 {
@@ -186,17 +215,44 @@ mod tests {
             }
             m.settle();
             batches += 1;
+            assert_eq!(m.cur.capacity(), room, "the new map never grows on its own");
         }
         assert!(batches <= cap / (100 * MOVES_PER_INSERT) + 1, "{batches} batches");
         assert_eq!(m.len(), cap + 1 + 100 * batches);
         assert_eq!(m.get("k7"), Some(&7));
     }
 
+    #[test]
+    fn moves_made_ahead_while_idle_are_not_made_again() {
+        let mut m: HeldMap<u32> = HeldMap::with_capacity(1000);
+        let cap = m.cur.capacity();
+        for i in 0..=cap as u32 {
+            m.insert(format!("k{i}").into(), i);
+        }
+        assert_eq!(m.old.len(), cap);
+        assert!(m.settle_ahead(300));
+        assert_eq!(m.old.len(), cap - 300);
+        for i in 0..100u32 {
+            m.insert(format!("n{i}").into(), i);
+        }
+        m.settle();
+        assert_eq!(m.old.len(), cap - 300, "101 moves owed, 300 made ahead");
+        for i in 0..250u32 {
+            m.insert(format!("p{i}").into(), i);
+        }
+        m.settle();
+        assert_eq!(m.old.len(), cap - 300 - (101 + 250 - 300), "what was not made ahead is made now");
+        while m.settle_ahead(100) {}
+        assert!(!m.growing());
+        assert_eq!(m.len(), cap + 1 + 100 + 250);
+        assert_eq!(m.get("k3"), Some(&3));
+    }
+
     proptest! {
         /// Against a BTreeMap: the same entries after any inserts,
         /// replacements, removes and settles, doublings included.
         #[test]
-        fn agrees_with_a_plain_map(ops in proptest::collection::vec((0u8..5, 0u16..3000, any::<u32>()), 1..8000)) {
+        fn agrees_with_a_plain_map(ops in proptest::collection::vec((0u8..6, 0u16..3000, any::<u32>()), 1..8000)) {
             let mut m: HeldMap<u32> = HeldMap::default();
             let mut want: BTreeMap<String, u32> = BTreeMap::new();
             for (op, k, v) in ops {
@@ -204,7 +260,10 @@ mod tests {
                 match op {
                     0..=2 => prop_assert_eq!(m.insert(key.clone().into(), v), want.insert(key, v)),
                     3 => prop_assert_eq!(m.remove(&key), want.remove(&key)),
-                    _ => m.settle(),
+                    4 => m.settle(),
+                    _ => {
+                        m.settle_ahead(v as usize % 64);
+                    }
                 }
                 prop_assert_eq!(m.len(), want.len());
                 prop_assert_eq!(m.get(&format!("a{}", v % 3000)), want.get(&format!("a{}", v % 3000)));
