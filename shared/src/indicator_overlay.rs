@@ -11,9 +11,10 @@
 //! publish a change to a million-indicator state by compiling only that
 //! change into a new layer ([`IndicatorOverlay::push_layer`]; at most
 //! [`MAX_LAYERS`] of them: past that the newest are merged, cheap while they
-//! are small), and fold everything into a new base later
-//! ([`IndicatorOverlay::compacted`], [`IndicatorOverlay::rebase`]) off the
-//! critical path.
+//! are small), and fold the layers into one
+//! ([`IndicatorOverlay::layers_compacted`], [`IndicatorOverlay::fold_layers`])
+//! or everything into a new base later ([`IndicatorOverlay::compacted`],
+//! [`IndicatorOverlay::rebase`]) off the critical path.
 //!
 //! It must never make a lookup block, allocate or write shared memory: an
 //! overlay is immutable once built and is published whole (see `state`), so
@@ -228,6 +229,50 @@ impl IndicatorOverlay {
             })
             .collect();
         IndicatorOverlay { base, layers: layers.into() }
+    }
+
+    /// This overlay's layers, not its base, as one set: the records in
+    /// force, oldest first (see [`IndicatorOverlay::fold_layers`]). Costs
+    /// what the layers hold, not what the base does.
+    pub fn layers_compacted(&self) -> Result<IndicatorSet, IndicatorError> {
+        let mut b = IndicatorSetBuilder::with_capacity(self.layers.iter().map(|l| l.set.len()).sum());
+        for level in 1..=self.layers.len() {
+            self.level(level).add_records_to(&mut b, |r| !self.hidden(level, r))?;
+        }
+        Ok(b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set()))
+    }
+
+    /// `merged` (the [`IndicatorOverlay::layers_compacted`] of an overlay
+    /// whose layers were this one's `folded` oldest) as the one layer over
+    /// this base in place of those, hiding what they hid of the base; the
+    /// newer layers above it, their hides of the folded levels dropped,
+    /// `merged_hides` (records of `merged`, level 1, the newer layers
+    /// replace or remove) theirs now, and their hides of newer levels
+    /// renumbered. Settings and exclusions stay this overlay's.
+    pub fn fold_layers(&self, merged: IndicatorSet, merged_hides: Hides, folded: usize) -> IndicatorOverlay {
+        let folded = folded.min(self.layers.len());
+        let merged = merged.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
+        let mut below = Hides::new();
+        for (_, rec) in self.layers[..folded].iter().flat_map(|l| l.hides.iter()).filter(|&(level, _)| level == 0) {
+            below.insert(0, rec);
+        }
+        let mut offset = self.base.len();
+        let mut layers = vec![Layer { set: merged, hides: Arc::new(below), offset: index(offset) }];
+        offset += layers[0].set.len();
+        let mut extra = Some(merged_hides);
+        for l in &self.layers[folded..] {
+            let mut hides = extra.take().unwrap_or_default();
+            for (level, rec) in l.hides.iter() {
+                if level == 0 {
+                    hides.insert(0, rec);
+                } else if level > folded {
+                    hides.insert(level - folded + 1, rec);
+                }
+            }
+            layers.push(Layer { set: l.set.clone(), hides: Arc::new(hides), offset: index(offset) });
+            offset += l.set.len();
+        }
+        IndicatorOverlay { base: self.base.clone(), layers: layers.into() }
     }
 
     /// One set answering like this overlay (builds a new base; seconds for

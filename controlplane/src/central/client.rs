@@ -818,29 +818,46 @@ fn settle_while_idle(ctx: &Ctx) {
 }
 
 /// Indicators changed since the base was built beyond which the layers are
-/// folded into a new base (each update compiles only its own batch into a
-/// layer, but past [`hbgw_shared::indicator_overlay::MAX_LAYERS`] the newest
-/// layers are merged, and each layer costs every lookup a little).
+/// folded (each update compiles only its own batch into a layer, but past
+/// [`hbgw_shared::indicator_overlay::MAX_LAYERS`] the newest layers are
+/// merged, and each layer costs every lookup a little).
 pub const COMPACT_AFTER: usize = 20_000;
 
-/// Starts folding the layers into a new base on a thread of its own when
-/// they have grown past [`COMPACT_AFTER`], or, when `idle`, if there are any
-/// (one compaction at a time). The new base is published under the layers
-/// of the updates that came in while it was built (see
-/// `SyncedState::install_compacted`).
+/// While the layers hold less than the base divided by this, they are
+/// folded into one layer over the base, not into a new base: a fold then
+/// costs what the layers hold, not what the base does (at 4M held, a new
+/// base after every 100k batch cost 1-3 s of CPU each, and a stream of
+/// batches outran it).
+pub const FOLD_LAYERS_UNDER: usize = 4;
+
+/// Starts folding the layers on a thread of its own when they have grown
+/// past [`COMPACT_AFTER`], or, when `idle`, if there are any (one at a
+/// time): into one layer over the base while they are small next to it
+/// (see [`FOLD_LAYERS_UNDER`]; not when there is only one), else, or when
+/// `idle`, into a new base. The result is published under the layers of
+/// the updates that came in while it was built (see
+/// `SyncedState::install_compacted`, `SyncedState::install_folded_layers`).
 fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
     if ctx.compacting.swap(true, Ordering::AcqRel) {
         return;
     }
-    let (overlay, generation) = {
+    let (overlay, generation, whole) = {
         let mut s = lock(&ctx.synced);
-        let due = if idle { !s.book.overlay().layers().is_empty() } else { s.book.touched() >= COMPACT_AFTER };
+        let o = s.book.overlay();
+        let in_layers: usize = o.layers().iter().map(|l| l.set().len()).sum();
+        let small = in_layers.saturating_mul(FOLD_LAYERS_UNDER) < o.base().len();
+        let whole = idle || !small;
+        let due = if idle {
+            !o.layers().is_empty()
+        } else {
+            s.book.touched() >= COMPACT_AFTER && (whole || o.layers().len() > 1)
+        };
         if !due {
             ctx.compacting.store(false, Ordering::Release);
             return;
         }
         let g = s.book.mark();
-        (s.book.overlay().clone(), g)
+        (s.book.overlay().clone(), g, whole)
     };
     let c = ctx.clone();
     // A thread of its own, at background priority: the update that comes
@@ -848,13 +865,24 @@ fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
     let spawned = std::thread::Builder::new().name("hbgw-compact".into()).spawn(move || {
         crate::background::lower_current_thread(crate::background::COMPACTION_NICE);
         let t = std::time::Instant::now();
-        match overlay.compacted() {
+        let built = if whole { overlay.compacted() } else { overlay.layers_compacted() };
+        match built {
             Ok(built) => {
                 let mut s = lock(&c.synced);
-                match s.install_compacted(generation, built) {
+                let installed = if whole { s.install_compacted(generation, built) } else { s.install_folded_layers(generation, built) };
+                match installed {
                     Some(o) => {
                         c.state.set_overlay(o.clone());
-                        tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
+                        if whole {
+                            tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
+                        } else {
+                            tracing::info!(
+                                "indicator layers folded: {} in one layer over a base of {}, built in {:?}",
+                                o.layers()[0].set().len(),
+                                o.base().len(),
+                                t.elapsed()
+                            );
+                        }
                     }
                     None => tracing::debug!("indicator compaction outrun by a snapshot or rebuild; dropped"),
                 }
@@ -868,7 +896,6 @@ fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
         ctx.compacting.store(false, Ordering::Release);
     }
 }
-
 
 /// The longest a state that must be written whole goes unwritten while
 /// updates keep coming (see `write_whole`).

@@ -792,6 +792,32 @@ impl SyncedState {
         Some(&self.book.overlay)
     }
 
+    /// Makes `merged` the one layer over the base in place of the layers
+    /// it folds: `merged` is `book.overlay().layers_compacted()` of the
+    /// book [`IndicatorBook::mark`]ed at `generation`. The base stays; the
+    /// layers of the changes that came in since stay above `merged` (the
+    /// records of `merged` those changes replaced or removed hidden).
+    /// `None` when the book was replaced since (a snapshot or a rebuild)
+    /// or a full compaction was marked after it: `merged` is stale.
+    /// Returns the overlay to publish.
+    pub fn install_folded_layers(&mut self, generation: u64, merged: IndicatorSet) -> Option<&IndicatorOverlay> {
+        let mark = self.book.mark.take().filter(|m| m.generation == generation)?;
+        let mut hides = Hides::new();
+        for (audit, before) in &mark.before {
+            // Only what was in the folded layers is in `merged`: what was
+            // in the base is hidden there by the change that came since.
+            if let Some(old) = before.as_ref().filter(|o| o.changed > self.book.base_seq) {
+                let h = &hides;
+                if let Some(rec) = merged.find_record(&old.kind, audit, &old.feed, |r| !h.contains(1, r)) {
+                    hides.insert(1, rec);
+                }
+            }
+        }
+        self.book.overlay = self.book.overlay.fold_layers(merged, hides, mark.layers);
+        self.book.generation += 1;
+        Some(&self.book.overlay)
+    }
+
     /// The overlay after `changes` (validated, in order) touched the
     /// indicators, with new `settings` or `exclusions` if given: the
     /// current one with one more layer holding only what `changes` leave in
@@ -1173,6 +1199,7 @@ mod tests {
         let mut most_held = 0;
         let mut most_layers = 0;
         let mut pending = None;
+        let mut folded = 0;
         for round in 0..120 {
             let mut changes = Vec::new();
             let mut used = std::collections::HashSet::new();
@@ -1212,7 +1239,7 @@ mod tests {
             rev = a.revision;
             let p = s.prepare(&a, 1000).unwrap();
             s.commit(p);
-            if round % 31 == 30 {
+            if round % 31 == 30 && pending.is_none() {
                 let g = s.book.mark();
                 let built = s.book.overlay().compacted().unwrap();
                 assert!(s.install_compacted(g, built).is_some());
@@ -1220,9 +1247,29 @@ mod tests {
             }
             if round % 13 == 6 {
                 // A compaction outrun by this update: installed under it.
-                pending = Some((s.book.mark(), s.book.overlay().compacted().unwrap()));
-            } else if let Some((g, built)) = pending.take() {
-                assert!(s.install_compacted(g, built).is_some(), "round {round}");
+                pending = Some((s.book.mark(), s.book.overlay().compacted().unwrap(), true, round));
+            } else if round % 11 == 4 {
+                // A fold of the layers alone, outrun by the next three
+                // updates (which may touch an audit ID twice).
+                pending = Some((s.book.mark(), s.book.overlay().layers_compacted().unwrap(), false, round));
+            } else if let Some((g, built, whole, at)) = pending.take() {
+                let base = s.book.overlay().base().len();
+                if !whole && round < at + 4 {
+                    pending = Some((g, built, whole, at));
+                } else if whole {
+                    assert!(s.install_compacted(g, built).is_some(), "round {round}");
+                } else {
+                    assert!(s.install_folded_layers(g, built).is_some(), "round {round}");
+                    assert_eq!(s.book.overlay().base().len(), base, "round {round}: the base stays");
+                    folded += 1;
+                }
+            }
+            if round % 7 == 3 && pending.is_none() && !s.book.overlay().layers().is_empty() {
+                let g = s.book.mark();
+                let merged = s.book.overlay().layers_compacted().unwrap();
+                assert!(s.install_folded_layers(g, merged).is_some());
+                assert_eq!(s.book.overlay().layers().len(), 1, "round {round}: the layers folded into one");
+                folded += 1;
             }
             most_held = most_held.max(s.indicators.len());
             let o = s.book.overlay().clone();
@@ -1247,6 +1294,7 @@ mod tests {
         }
         assert!(most_held > 5, "the sequence exercised a populated state ({most_held} held at most)");
         assert!(most_layers >= hbgw_shared::indicator_overlay::MAX_LAYERS, "layers were merged ({most_layers} at most)");
+        assert!(folded >= 10, "layers were folded ({folded} times)");
         // A compaction outrun by a snapshot is not installed.
         let g = s.book.mark();
         let built = s.book.overlay().compacted().unwrap();
