@@ -823,12 +823,30 @@ fn settle_while_idle(ctx: &Ctx) {
 /// merged, and each layer costs every lookup a little).
 pub const COMPACT_AFTER: usize = 20_000;
 
-/// While the layers hold less than the base divided by this, they are
-/// folded into one layer over the base, not into a new base: a fold then
+/// While the layers hold (records, and records they hide) less than the
+/// base divided by this, they are folded into one layer over the base,
+/// not into a new base: a fold then
 /// costs what the layers hold, not what the base does (at 4M held, a new
 /// base after every 100k batch cost 1-3 s of CPU each, and a stream of
 /// batches outran it).
 pub const FOLD_LAYERS_UNDER: usize = 4;
+
+/// Whether `o`'s layers are to be folded now (`touched`: changes since its
+/// base was built; `idle`: Central is quiet), and if so whether into a new
+/// base (`true`) or into one layer over it (see [`maybe_compact`]).
+fn compaction_due(o: &IndicatorOverlay, touched: usize, idle: bool) -> Option<bool> {
+    if o.layers().is_empty() {
+        return None;
+    }
+    if idle {
+        return Some(true);
+    }
+    // Records hidden count too: removals leave the base's records in
+    // place, hidden, until a new base is built.
+    let in_layers = o.layers().iter().map(|l| l.set().len()).sum::<usize>() + o.hidden_count();
+    let whole = in_layers.saturating_mul(FOLD_LAYERS_UNDER) >= o.base().len();
+    (touched >= COMPACT_AFTER && (whole || o.layers().len() > 1)).then_some(whole)
+}
 
 /// Starts folding the layers on a thread of its own when they have grown
 /// past [`COMPACT_AFTER`], or, when `idle`, if there are any (one at a
@@ -843,19 +861,10 @@ fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
     }
     let (overlay, generation, whole) = {
         let mut s = lock(&ctx.synced);
-        let o = s.book.overlay();
-        let in_layers: usize = o.layers().iter().map(|l| l.set().len()).sum();
-        let small = in_layers.saturating_mul(FOLD_LAYERS_UNDER) < o.base().len();
-        let whole = idle || !small;
-        let due = if idle {
-            !o.layers().is_empty()
-        } else {
-            s.book.touched() >= COMPACT_AFTER && (whole || o.layers().len() > 1)
-        };
-        if !due {
+        let Some(whole) = compaction_due(s.book.overlay(), s.book.touched(), idle) else {
             ctx.compacting.store(false, Ordering::Release);
             return;
-        }
+        };
         let g = s.book.mark();
         (s.book.overlay().clone(), g, whole)
     };
@@ -1376,6 +1385,39 @@ mod tests {
         assert_eq!(s.third_party["tp"], vec![("198.51.100.7".parse().unwrap(), "tp:1".to_string())]);
         assert!(s.book.overlay().match_ip("198.51.100.7".parse().unwrap()).drops());
         assert!(s.book.overlay().match_domain(b"www.evil.example").drops());
+    }
+
+    /// The layers are folded into one while they are small next to the
+    /// base (records and hidden records counted), into a new base past
+    /// that or when Central is quiet, and not at all while one small layer
+    /// or few changes are all there is.
+    #[test]
+    fn layers_fold_into_one_while_small_and_into_a_base_past_that() {
+        use hbgw_shared::indicator_overlay::Hides;
+        use hbgw_shared::indicators::{IndicatorSet, IndicatorSetBuilder, ThreatFeedSettings};
+        let set = |from: u32, n: u32| {
+            let mut b = IndicatorSetBuilder::new();
+            for i in from..from + n {
+                b.add_parts(&format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255).parse().unwrap(), &format!("A{i}"), "mdr").unwrap();
+            }
+            b.build(&ThreatFeedSettings::default())
+        };
+        let base = IndicatorOverlay::from_set(set(0, 1000));
+        assert_eq!(compaction_due(&base, 50_000, true), None, "no layers: nothing to fold");
+        let one = base.push_layer(set(1000, 100), Hides::new(), 0).unwrap();
+        assert_eq!(compaction_due(&one, 50_000, false), None, "one small layer stays");
+        assert_eq!(compaction_due(&one, 50_000, true), Some(true), "Central quiet: a new base");
+        let two = one.push_layer(set(1100, 100), Hides::new(), 0).unwrap();
+        assert_eq!(compaction_due(&two, COMPACT_AFTER - 1, false), None, "few changes");
+        assert_eq!(compaction_due(&two, COMPACT_AFTER, false), Some(false), "small: into one layer");
+        let big = two.push_layer(set(1200, 100), Hides::new(), 0).unwrap();
+        assert_eq!(compaction_due(&big, COMPACT_AFTER, false), Some(true), "300 of 1000: a new base");
+        let mut hides = Hides::new();
+        for r in 0..200 {
+            hides.insert(0, r);
+        }
+        let removed = one.push_layer(IndicatorSet::empty(), hides, 0).unwrap();
+        assert_eq!(compaction_due(&removed, COMPACT_AFTER, false), Some(true), "100 + 200 hidden of 1000: a new base");
     }
 
     /// The journal folded from the files: the fold's state file loads as
