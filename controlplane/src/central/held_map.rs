@@ -23,9 +23,8 @@
 //! before the new one fills). Meanwhile a lookup that misses the new map
 //! probes the old one too.
 //!
-//! It owns only the two tables; it must never reorder what callers see of
-//! an entry (an entry is in exactly one table) nor move entries anywhere
-//! but in `settle` and `insert`.
+//! It owns only the two tables; it must never hold an entry in both, nor
+//! move entries anywhere but in `insert`, `settle` and `settle_ahead`.
 
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
@@ -162,15 +161,15 @@ impl<V> HeldMap<V> {
         count
     }
 
-    /// The full table becomes the old one, under a new one twice the size.
-    /// A doubling still under way is finished first (only when inserts
-    /// outran `settle`).
+    /// The full table becomes the old one, under a new one [`GROWTH`]
+    /// times its entries. A doubling still under way is finished first
+    /// (only when inserts outran `settle`).
     fn start_growing(&mut self) {
         if !self.old.is_empty() {
             let rest = std::mem::take(&mut self.old);
             self.cur.extend(rest);
         }
-        self.ahead = 0;
+        (self.ahead, self.owed) = (0, 0);
         let room = ((self.cur.len() as f64 * GROWTH) as usize).max(1024);
         let fresh = Table::with_capacity_and_hasher(room, FxBuildHasher);
         let full = std::mem::replace(&mut self.cur, fresh);
