@@ -330,3 +330,35 @@ async fn an_idle_gateway_at_revision_zero_waits() {
     assert_eq!((after.revision, after.snapshots, after.updates_applied), (1, 2, 2), "{after:?}");
     client.finish();
 }
+
+/// Layers left by a small update (under `COMPACT_AFTER` changes) are folded
+/// into a new base once Central has been quiet for `QUIET_FOR`, well before
+/// the long poll ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_fold_into_a_new_base_when_central_goes_quiet() {
+    use hbgw_controlplane::central::client::QUIET_FOR;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let central = TestCentral::start(d, 1000).await;
+    let mut cfg = central.gateway_section(d).await;
+    cfg.wait_s = 60;
+    let start = load_start(&cfg).unwrap();
+    let (state, status, client) = start_client(cfg, start, serde_json::json!({}));
+    let st = || status.lock().unwrap().clone();
+    wait_until("connected", Duration::from_secs(15), || st().state == "connected").await;
+    // The first may come in the gateway's first answer, a snapshot; the
+    // second is an update to what it holds.
+    let mut posted = Instant::now();
+    for (n, v) in [(1, "198.51.100.76"), (2, "198.51.100.77")] {
+        let body = format!(r#"{{"indicators":[{{"value":"{v}","audit_id":"Q{n}"}}]}}"#);
+        posted = Instant::now();
+        let rev = central.call(hyper::Method::POST, "/v1/admin/indicators", &body).await["revision"].as_u64().unwrap();
+        wait_until("applied", Duration::from_secs(15), || st().revision == rev).await;
+    }
+    assert!(!state.indicators().layers().is_empty(), "the update is a layer of its own");
+    wait_until("folded into a new base", QUIET_FOR * 5, || state.indicators().layers().is_empty()).await;
+    // The quiet time counts from the long poll sent after the update.
+    assert!(posted.elapsed() >= QUIET_FOR, "not before Central was quiet for {QUIET_FOR:?}");
+    assert!(state.indicators().match_ip(ip("198.51.100.77")).drops());
+    client.finish();
+}

@@ -733,10 +733,19 @@ async fn sync_loop(ctx: Arc<Ctx>) {
         let held = if synced_once && !force_snapshot { "&synced=1" } else { "" };
         let path = format!("/v1/sync?since={since}&wait={wait}&v={}{held}", super::protocol::SYNC_VERSION);
         tracing::debug!("sync: asking Central for what follows revision {since}");
-        let answer = ctx
-            .client
-            .call(Method::GET, &path, Some(&identity.bearer()), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes)
-            .await;
+        let bearer = identity.bearer();
+        let call = ctx.client.call(Method::GET, &path, Some(&bearer), None, Duration::from_secs(wait + 10), ctx.config.max_update_bytes);
+        tokio::pin!(call);
+        let answer = tokio::select! {
+            r = &mut call => r,
+            () = tokio::time::sleep(QUIET_FOR) => {
+                // Central has been quiet for a moment: the layers are
+                // folded into a new base now, not at the end of the poll.
+                let w = ctx.clone();
+                tokio::task::spawn_blocking(move || maybe_compact(&w, true));
+                call.await
+            }
+        };
         let body = match answer {
             Ok((_, body)) => {
                 tracing::debug!("sync answer of {} bytes received", body.len());
@@ -823,6 +832,12 @@ fn settle_while_idle(ctx: &Ctx) {
 /// merged, and each layer costs every lookup a little).
 pub const COMPACT_AFTER: usize = 20_000;
 
+/// How long Central must have sent nothing before the layers are folded
+/// into a new base (each layer costs a lookup the flow cache does not
+/// answer ~20-28 ns for IPv4, ~100 ns for a domain: `perf/overlay_layers.rs`).
+/// Under it, a stream of batches is folded into one layer at a time.
+pub const QUIET_FOR: Duration = Duration::from_secs(2);
+
 /// While the layers hold (records, and records they hide) less than the
 /// base divided by this, they are folded into one layer over the base,
 /// not into a new base: a fold then
@@ -849,8 +864,8 @@ fn compaction_due(o: &IndicatorOverlay, touched: usize, idle: bool) -> Option<bo
 }
 
 /// Starts folding the layers on a thread of its own when they have grown
-/// past [`COMPACT_AFTER`], or, when `idle`, if there are any (one at a
-/// time): into one layer over the base while they are small next to it
+/// past [`COMPACT_AFTER`], or, when `idle` (Central sent nothing for
+/// [`QUIET_FOR`]), if there are any (one at a time): into one layer over the base while they are small next to it
 /// (see [`FOLD_LAYERS_UNDER`]; not when there is only one), else, or when
 /// `idle`, into a new base. The result is published under the layers of
 /// the updates that came in while it was built (see
