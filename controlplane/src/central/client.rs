@@ -1096,6 +1096,10 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
                 }
                 Ok(_) => {
                     let _ = std::fs::remove_file(tmp);
+                    if !f.cancel.load(Ordering::Acquire) {
+                        // Nothing to fold (never expected): not again at once.
+                        fold_after = std::time::Instant::now() + Duration::from_secs(10);
+                    }
                 }
                 Err(e) => {
                     // The files do not fold (never expected): the state

@@ -177,12 +177,6 @@ impl<V> HeldMap<V> {
     }
 }
 
-impl<V> FromIterator<(Box<str>, V)> for HeldMap<V> {
-    fn from_iter<I: IntoIterator<Item = (Box<str>, V)>>(iter: I) -> Self {
-        HeldMap { cur: iter.into_iter().collect(), ..Default::default() }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
