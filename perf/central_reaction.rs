@@ -3,7 +3,7 @@
 //!
 //!     cargo build --release -p hbgw-controlplane --bin hbgw-central
 //!     cargo run --release --example central_reaction -- single [ROUNDS]
-//!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE] [--gap-ms G]
+//!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE] [--gap-ms G] [--layout split|shared]
 //!     cargo run --release --example central_reaction -- sync [INDICATORS]
 //!
 //! `single` and `batch` take `--held N`: Central holds N indicators (in
@@ -20,6 +20,15 @@
 //! current-thread runtime, like the control plane) enrolls and long-polls,
 //! and a worker thread runs the enforcing pipeline over a frame to the next
 //! indicator's address, in bursts, as a DPDK worker would (no rx/tx).
+//!
+//! `--layout split` (the default on two CPUs or more): Central runs pinned
+//! to CPU 1, as it would on its own machine, and this process (the
+//! gateway's control plane, its worker and the admin's requests) to CPU 0,
+//! the worker polling a burst every ~0.1 ms instead of spinning (a worker
+//! core of its own would be a third CPU). `--layout shared`: nothing is
+//! pinned and the worker spins, so everything competes for both CPUs and
+//! the control plane also takes time from the worker's (the layout of the
+//! runs before 2026-11-22T21:00Z).
 //!
 //! * `single`: each round posts one indicator (admin API) and waits for the
 //!   worker's first drop of a frame to it; indicators accumulate.
@@ -43,6 +52,7 @@ use hbgw_shared::policy::CompiledPolicy;
 use hbgw_shared::state::GatewayState;
 use hbgw_shared::stats::CentralStatus;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,11 +79,18 @@ fn central_bin() -> PathBuf {
     p
 }
 
-fn start_central(dir: &Path) -> CentralChild {
+fn start_central(dir: &Path, own_cpu: bool) -> CentralChild {
     let data = dir.join("central");
     let st = Command::new(central_bin()).arg("--data").arg(&data).arg("init").stdout(Stdio::null()).status().expect("init");
     assert!(st.success());
-    let child = Command::new(central_bin())
+    let mut serve = Command::new(central_bin());
+    if own_cpu {
+        // SAFETY: the closure only makes one async-signal-safe system call.
+        unsafe {
+            serve.pre_exec(|| if pin(CENTRAL_CPU) { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+        }
+    }
+    let child = serve
         .arg("--data")
         .arg(&data)
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -175,6 +192,31 @@ fn preload(central: &CentralChild, rt: &tokio::runtime::Runtime, n: usize) {
     println!("posted {n} indicators at Central in {:.1} s", t.elapsed().as_secs_f64());
 }
 
+/// With `--layout split` (the default): the CPU of this process (the
+/// gateway's control plane, its worker, the admin) and Central's.
+const GATEWAY_CPU: usize = 0;
+const CENTRAL_CPU: usize = 1;
+
+/// Pins the calling thread (and the threads it starts after) to `cpu`;
+/// false if this machine has no such CPU (then nothing is pinned).
+fn pin_current_thread(cpu: usize) -> bool {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return false;
+    }
+    pin(cpu)
+}
+
+fn pin(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, CPU_SET writes within
+    // it, and sched_setaffinity only reads it (it is also async-signal-safe,
+    // as `pre_exec` needs).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 fn main() {
     // RUST_LOG=hbgw_controlplane=debug shows where each sync answer's time goes.
     tracing_subscriber::fmt()
@@ -182,6 +224,18 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let layout = match args.iter().position(|a| a == "--layout") {
+        Some(i) => {
+            let l = args.get(i + 1).cloned().unwrap_or_default();
+            args.drain(i..i + 2);
+            l
+        }
+        None => "split".to_owned(),
+    };
+    // `split`: Central on a CPU of its own, as on its own machine, and the
+    // gateway (control plane and a polling worker) on the other.
+    // `shared`: nothing pinned, the worker spinning (every process and
+    // thread competes for both CPUs; the earlier runs' layout).
     let mut option = |name: &str| match args.iter().position(|a| a == name) {
         Some(i) => {
             let n = args.get(i + 1).and_then(|s| s.parse::<u64>().ok()).unwrap_or_else(|| panic!("{name} N"));
@@ -191,12 +245,17 @@ fn main() {
         None => 0,
     };
     let held = option("--held") as usize;
+    let split = match layout.as_str() {
+        "split" => pin_current_thread(GATEWAY_CPU),
+        "shared" => false,
+        other => panic!("--layout {other}: use split or shared"),
+    };
     let gap = Duration::from_millis(option("--gap-ms"));
     let mode = args.first().map(String::as_str).unwrap_or("single");
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let central = start_central(dir.path());
+    let central = start_central(dir.path(), split);
     let (state, _writer) = GatewayState::new(CompiledPolicy::default(), IndicatorSet::empty());
 
     if mode == "sync" {
@@ -271,6 +330,11 @@ fn main() {
                         *dropped.lock().expect("lock") = Some(Instant::now());
                         seen = r;
                     }
+                }
+                if split {
+                    // A burst every ~0.1 ms (a sleep's granularity), not
+                    // spinning: the worker's own CPU would be a third one.
+                    std::thread::sleep(Duration::from_micros(50));
                 }
             }
         })

@@ -17,8 +17,11 @@
 //! * **Bulk data is built aside and swapped whole** ([`arc_swap::ArcSwap`]):
 //!   a new [`CompiledPolicy`] or a 1M-entry [`IndicatorSet`] is compiled off
 //!   the fast path, then published with one pointer store. A worker sees the
-//!   old one or the new one, never half. The old one is freed when the last
-//!   worker lets go of it.
+//!   old one or the new one, never half. An indicator set swapped out is
+//!   kept here until no worker holds it, and the control plane frees it
+//!   ([`GatewayState::reclaim`]): a worker never frees one (a worker that
+//!   dropped the last reference to a replaced 2.8M-indicator base freed it,
+//!   and dropped nothing new for ~0.2 s: measured, perf/RESULTS.md).
 //!   Indicators are published as an [`IndicatorOverlay`]: a large base set
 //!   plus a small set of recent changes, so one new indicator among millions
 //!   compiles only the change.
@@ -44,7 +47,22 @@ use crate::indicators::{ExclusionSet, IndicatorError, IndicatorSet, ThreatExclus
 use crate::policy::CompiledPolicy;
 use arc_swap::{ArcSwap, Cache};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Indicator sets swapped out that are kept while nobody calls
+/// [`GatewayState::reclaim`]; past this many, publishing frees those no
+/// worker holds itself.
+const MAX_RETIRED: usize = 64;
+
+/// The retired sets only `retired` holds, taken out of it. A worker's
+/// reference is a counted one (its `arc_swap::Cache`; `swap` and `rcu` count
+/// any guard still borrowed before they return), so a count of one means
+/// no worker can reach the set any more.
+fn take_unheld(retired: &mut Vec<Arc<IndicatorOverlay>>) -> Vec<Arc<IndicatorOverlay>> {
+    let (unheld, held): (Vec<_>, Vec<_>) = retired.drain(..).partition(|o| Arc::strong_count(o) == 1);
+    *retired = held;
+    unheld
+}
 
 /// The state the control plane publishes and the workers read. Share it as
 /// `Arc<GatewayState>`; the endpoint table's writer is handed out separately
@@ -56,6 +74,9 @@ pub struct GatewayState {
     endpoints: EndpointTable,
     /// Bumped by every publication (here and by the endpoint writer).
     epoch: Arc<StateEpoch>,
+    /// Indicator sets swapped out, until no worker holds them (the control
+    /// plane's; workers never touch this lock).
+    retired: Mutex<Vec<Arc<IndicatorOverlay>>>,
 }
 
 impl GatewayState {
@@ -69,6 +90,7 @@ impl GatewayState {
             indicators: Arc::new(ArcSwap::from_pointee(indicators.into())),
             endpoints: writer.table(),
             epoch,
+            retired: Mutex::new(Vec::new()),
         };
         (Arc::new(state), writer)
     }
@@ -81,20 +103,21 @@ impl GatewayState {
 
     /// Publishes a new indicator set (a new feed, built aside).
     pub fn set_indicators(&self, indicators: IndicatorSet) {
-        self.indicators.store(Arc::new(IndicatorOverlay::from_set(indicators)));
-        self.epoch.bump();
+        self.set_overlay(IndicatorOverlay::from_set(indicators));
     }
 
     /// Publishes indicators as a base set plus recent changes.
     pub fn set_overlay(&self, indicators: IndicatorOverlay) {
-        self.indicators.store(Arc::new(indicators));
+        let old = self.indicators.swap(Arc::new(indicators));
         self.epoch.bump();
+        self.retire(old);
     }
 
     /// Publishes the current indicators with new feed settings (no rebuild).
     pub fn set_feed_settings(&self, settings: &ThreatFeedSettings) {
-        self.indicators.rcu(|current| current.with_settings(settings));
+        let old = self.indicators.rcu(|current| current.with_settings(settings));
         self.epoch.bump();
+        self.retire(old);
     }
 
     /// Publishes the current indicators with new exclusions (the indicators
@@ -104,9 +127,37 @@ impl GatewayState {
         exclusions: impl IntoIterator<Item = &'a ThreatExclusion>,
     ) -> Result<(), IndicatorError> {
         let compiled = Arc::new(ExclusionSet::compile(exclusions)?);
-        self.indicators.rcu(|current| current.with_exclusion_set(Arc::clone(&compiled)));
+        let old = self.indicators.rcu(|current| current.with_exclusion_set(Arc::clone(&compiled)));
         self.epoch.bump();
+        self.retire(old);
         Ok(())
+    }
+
+    /// Keeps an indicator set swapped out until [`GatewayState::reclaim`]
+    /// finds no worker holds it.
+    fn retire(&self, old: Arc<IndicatorOverlay>) {
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.push(old);
+        if retired.len() > MAX_RETIRED {
+            // Nobody reclaims (a test, a tool): free here, on the
+            // publisher's thread, what no worker holds.
+            let unheld = take_unheld(&mut retired);
+            drop(retired);
+            drop(unheld);
+        }
+    }
+
+    /// The indicator sets swapped out that no worker (nor anyone else)
+    /// holds any more: the caller drops them, and so frees them, on a
+    /// thread of its choosing. Call it now and then from the control plane
+    /// (after publishing, and on a timer).
+    pub fn reclaim(&self) -> Vec<Arc<IndicatorOverlay>> {
+        take_unheld(&mut self.retired.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Indicator sets swapped out and not yet reclaimed.
+    pub fn retired(&self) -> usize {
+        self.retired.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// The current policy.
@@ -192,6 +243,34 @@ mod tests {
     use crate::policy::{DecisionReason, FlowKey, Policy, PortRole, Protocol, RuleAction};
     use std::net::IpAddr;
     use std::path::Path;
+
+    #[test]
+    fn a_worker_never_frees_a_set_it_lets_go_of() {
+        let set = |a: &str| {
+            let feed = [ThreatIndicator { kind: a.parse().unwrap(), audit_id: "A1".into(), feed: "mdr".into() }];
+            IndicatorSet::build(&feed, &[], &ThreatFeedSettings::default()).unwrap()
+        };
+        let (state, _writer) = GatewayState::new(CompiledPolicy::default(), set("203.0.113.1"));
+        let first = Arc::downgrade(&state.indicators());
+        let mut view = state.worker_view();
+        assert!(view.refresh().indicators.match_ip("203.0.113.1".parse().unwrap()).drops());
+
+        state.set_indicators(set("203.0.113.2"));
+        assert!(state.reclaim().is_empty(), "the worker still holds the first set");
+        assert!(view.refresh().indicators.match_ip("203.0.113.2".parse().unwrap()).drops());
+        assert!(first.upgrade().is_some(), "the worker let go of the first set without freeing it");
+        let unheld = state.reclaim();
+        assert_eq!((unheld.len(), state.retired()), (1, 0));
+        drop(unheld);
+        assert!(first.upgrade().is_none(), "freed by whoever dropped what reclaim gave");
+
+        // Nobody reclaims: what no worker holds is freed by publishing.
+        for n in 0..3 * MAX_RETIRED {
+            state.set_indicators(set(&format!("198.51.100.{}", n % 250)));
+        }
+        view.refresh();
+        assert!(state.retired() <= MAX_RETIRED + 1, "{} kept", state.retired());
+    }
 
     #[test]
     fn worker_sees_each_publication_on_refresh() {

@@ -515,8 +515,10 @@ impl CentralClient {
         }
     }
 
-    /// Called every stats interval: counts fail-open frames.
+    /// Called every stats interval: frees the indicator sets workers let
+    /// go of since, and counts fail-open frames.
     pub fn on_tick(&self, report: &StatsReport) {
+        crate::background::free_retired(&self.ctx.state);
         if self.ctx.config.before_first_sync != BeforeFirstSync::FailOpen {
             return;
         }
@@ -647,6 +649,9 @@ impl Ctx {
         );
         let (rev, has_policy, ncerts) = (synced.revision, synced.policy.is_some(), synced.certs.len());
         drop(synced);
+        // What the workers let go of before this update (not what this one
+        // retired: they are moving off it now).
+        crate::background::free_retired(&self.state);
         let indicators = self.state.indicators().len() as u64;
         self.set_status(|s| {
             s.revision = rev;
@@ -695,6 +700,7 @@ impl Ctx {
         match synced.rebuild() {
             Ok(set) => {
                 self.state.set_overlay(set.clone());
+                crate::background::free_retired(&self.state);
                 let _ = self.persist.send(Persist::Whole);
                 let n = self.state.indicators().len() as u64;
                 self.set_status(|s| s.indicators = n);
@@ -897,6 +903,7 @@ fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
                 match installed {
                     Some(o) => {
                         c.state.set_overlay(o.clone());
+                        crate::background::free_retired(&c.state);
                         if whole {
                             tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
                         } else {
