@@ -91,6 +91,25 @@ fn sweep<'m, V>(table: &'m Table<V>, keys: &[&str], hashes: &[u64], which: &[u32
     missed
 }
 
+/// Sets each of `entries` (`hashes[i]`: the hash of the `i`th key) in
+/// `table`, in table order; a later entry of a key replaces an earlier.
+fn set_in_order<V>(table: &mut Table<V>, entries: Vec<(Box<str>, V)>, hashes: &[u64]) {
+    let order = table_order(table, hashes, 0..entries.len() as u32);
+    let mut slots: Vec<Option<(Box<str>, V)>> = entries.into_iter().map(Some).collect();
+    for i in order {
+        let Some((k, v)) = slots[i as usize].take() else { continue };
+        let hash = hashes[i as usize];
+        match table.raw_entry_mut_v1().from_key_hashed_nocheck(hash, &*k) {
+            RawEntryMut::Occupied(mut e) => {
+                e.insert(v);
+            }
+            RawEntryMut::Vacant(e) => {
+                e.insert_hashed_nocheck(hash, k, v);
+            }
+        }
+    }
+}
+
 /// A map from `Box<str>` keys, doubling incrementally (see the module docs).
 #[derive(Debug, Clone)]
 pub struct HeldMap<V> {
@@ -219,20 +238,7 @@ impl<V> HeldMap<V> {
                 self.owed += batch.len();
             }
         }
-        let order = table_order(&self.cur, &hashes, 0..n);
-        let mut slots: Vec<Option<(Box<str>, V)>> = batch.into_iter().map(Some).collect();
-        for i in order {
-            let Some((k, v)) = slots[i as usize].take() else { continue };
-            let hash = hashes[i as usize];
-            match self.cur.raw_entry_mut_v1().from_key_hashed_nocheck(hash, &*k) {
-                RawEntryMut::Occupied(mut e) => {
-                    e.insert(v);
-                }
-                RawEntryMut::Vacant(e) => {
-                    e.insert_hashed_nocheck(hash, k, v);
-                }
-            }
-        }
+        set_in_order(&mut self.cur, batch, &hashes);
     }
 
     /// Removes `key`'s entry.
@@ -287,15 +293,7 @@ impl<V> HeldMap<V> {
         }
         self.cur.reserve(entries.len());
         let hashes: Vec<u64> = entries.iter().map(|(k, _)| FxBuildHasher.hash_one(&**k)).collect();
-        let order = table_order(&self.cur, &hashes, 0..entries.len() as u32);
-        let mut slots: Vec<Option<(Box<str>, V)>> = entries.into_iter().map(Some).collect();
-        for i in order {
-            if let Some((k, v)) = slots[i as usize].take() {
-                if let RawEntryMut::Vacant(e) = self.cur.raw_entry_mut_v1().from_key_hashed_nocheck(hashes[i as usize], &*k) {
-                    e.insert_hashed_nocheck(hashes[i as usize], k, v);
-                }
-            }
-        }
+        set_in_order(&mut self.cur, entries, &hashes);
     }
 
     /// The full table becomes the old one, under a new one [`GROWTH`]
