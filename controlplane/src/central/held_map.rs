@@ -49,6 +49,13 @@ pub const GROWTH: f64 = 2.25;
 /// ([`HeldMap::get_batch`]): sorting them would cost more than it saves.
 const SWEEP_FROM: usize = if cfg!(test) { 8 } else { 4096 };
 
+/// A key's hash as the tables compute it (`str`'s `Hash` under
+/// `FxBuildHasher`), so that the `_hashed_nocheck` calls find what `get`
+/// and `insert` put.
+fn key_hash(key: &str) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
 /// The `i` of `which` in the order of their home buckets in `table`
 /// (`hashes[i]`: the key's hash): a counting sort on the top 12 bits of
 /// the home bucket, stable (a key's touches keep their order).
@@ -162,7 +169,7 @@ impl<V> HeldMap<V> {
             }
             return out;
         }
-        let hashes: Vec<u64> = keys.iter().map(|k| FxBuildHasher.hash_one(k)).collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| key_hash(k)).collect();
         let all: Vec<u32> = (0..keys.len() as u32).collect();
         let missed = sweep(&self.cur, keys, &hashes, &all, &mut out);
         if !self.old.is_empty() && !missed.is_empty() {
@@ -225,7 +232,7 @@ impl<V> HeldMap<V> {
             return;
         }
         let n = batch.len() as u32;
-        let hashes: Vec<u64> = batch.iter().map(|(k, _)| FxBuildHasher.hash_one(&**k)).collect();
+        let hashes: Vec<u64> = batch.iter().map(|(k, _)| key_hash(k)).collect();
         if !self.old.is_empty() {
             // A key still in the old map moves out of it (replaced).
             for i in table_order(&self.old, &hashes, 0..n) {
@@ -292,7 +299,7 @@ impl<V> HeldMap<V> {
             return;
         }
         self.cur.reserve(entries.len());
-        let hashes: Vec<u64> = entries.iter().map(|(k, _)| FxBuildHasher.hash_one(&**k)).collect();
+        let hashes: Vec<u64> = entries.iter().map(|(k, _)| key_hash(k)).collect();
         set_in_order(&mut self.cur, entries, &hashes);
     }
 
