@@ -11,9 +11,9 @@
 //! * Central: `posted_indicators` (parse and validate the admin's JSON),
 //!   then `Store::add_indicator_lines` (the commit, in a SQLite database in
 //!   a temporary directory) and the sync answer around its journal row;
-//! * the gateway: parse the answer, `SyncedState::prepare` (validate, find
-//!   what the batch hides, compile its layer; publishing is a pointer swap
-//!   after it), then `SyncedState::commit` (after publishing: off the
+//! * the gateway: parse the answer, `SyncedState::prepare` (validate, list
+//!   the audit IDs the batch touches, compile its layer; publishing is a
+//!   pointer swap after it), then `SyncedState::commit` (after publishing: off the
 //!   latency path unless the next answer is already waiting).
 //!
 //! Between batches the indicator layers are compacted into one base set

@@ -11,7 +11,7 @@
 //! One thread, no DPDK: the lookups a worker makes when its flow cache
 //! does not answer.
 
-use hbgw_shared::indicator_overlay::{Hides, IndicatorOverlay};
+use hbgw_shared::indicator_overlay::{IndicatorOverlay, TouchedIds};
 use hbgw_shared::indicators::{IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatFeedSettings};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,6 +24,15 @@ fn ip(i: u32) -> Ipv4Addr {
 
 fn domain(i: u32) -> String {
     format!("d{i}.evil{}.example", i % 97)
+}
+
+/// The audit IDs of indicators `from..from + n` (what a layer of new ones touched).
+fn touched(from: u32, n: u32) -> TouchedIds {
+    let mut t = TouchedIds::with_capacity(n as usize, n as usize * 8);
+    for i in from..from + n {
+        t.insert(&format!("A{i}")).expect("inserted");
+    }
+    t
 }
 
 /// Indicators `from..from + n`, one in four a domain.
@@ -50,7 +59,8 @@ fn main() {
     let mut overlays = vec![(0usize, base.clone())];
     let mut o = base;
     for n in 1..=4u32 {
-        o = o.push_layer(set(held + (n - 1) * layer, layer), Hides::new(), 0).expect("a layer");
+        let from = held + (n - 1) * layer;
+        o = o.push_layer(set(from, layer), touched(from, layer), 0).expect("a layer");
         if matches!(n, 1 | 2 | 4) {
             overlays.push((n as usize, o.clone()));
         }

@@ -355,7 +355,7 @@ pub fn run(user_eal: Vec<String>, app: AppArgs) -> Result<()> {
         tracing::info!(
             "Central: enforcing revision {} from the state directory ({} indicators, {}, {} endpoint certificate(s))",
             start.synced.revision,
-            start.indicators.len(),
+            start.synced.indicator_count(),
             if start.synced.policy.is_some() { "policy from Central".to_owned() } else { format!("no policy yet: {:?}", cfg.central.as_ref().map(|c| c.before_first_sync)) },
             start.synced.certs.len()
         );

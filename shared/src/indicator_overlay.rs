@@ -1,11 +1,17 @@
 //! The indicator state workers query: a large compiled *base*
 //! [`IndicatorSet`] and a few small *layers* on top of it, one per recent
-//! update, each with the records of lower levels it hides (*hides*: records
-//! removed or replaced by the update).
+//! update, each with the audit IDs its update touched (added, replaced or
+//! removed: [`TouchedIds`]). A layer *supersedes* every record of the
+//! levels below it whose audit ID it touched: the update said what that
+//! audit ID means now (the layer's own record for it, or nothing), so no
+//! record of the change's audit IDs needs to be looked up, in the model or
+//! in the sets, to publish it. Records added as fixed
+//! ([`IndicatorSetBuilder::add_fixed_parts`]: third-party feeds', whose
+//! audit IDs are not Central's) are never superseded.
 //!
 //! This module owns the lookup over those parts, answering exactly what one
-//! set built from scratch would (the base's kept records in their order,
-//! then each layer's kept records in theirs): the most specific enabled
+//! set built from scratch would (the base's records in force in their
+//! order, then each layer's in theirs): the most specific enabled
 //! indicator wins, an equally specific later one (a newer layer's) wins over
 //! an earlier one, and exclusions win over both. It lets the control plane
 //! publish a change to a million-indicator state by compiling only that
@@ -19,16 +25,17 @@
 //! It must never make a lookup block, allocate or write shared memory: an
 //! overlay is immutable once built and is published whole (see `state`), so
 //! workers never see half an update. With no layers (the usual state after
-//! a compaction) a lookup is the base set's own. It does not decide *when*
-//! to compact, and keeps no audit-ID bookkeeping: that is the owner's (the
-//! Central client's) job.
+//! a compaction) a lookup is the base set's own; with layers, the touched
+//! audit IDs are probed only for a record that matched. It does not decide
+//! *when* to compact, and does not know how many records are in force
+//! while layers supersede some (that needs the owner's model: the Central
+//! client's).
 
 use crate::indicators::{
-    ExclusionSet, IndicatorCounts, IndicatorError, IndicatorHit, IndicatorMatch, IndicatorSet, IndicatorSetBuilder,
-    ThreatFeedSettings,
+    audit_id_hash, ExclusionSet, IndicatorCounts, IndicatorError, IndicatorHit, IndicatorMatch, IndicatorSet,
+    IndicatorSetBuilder, ThreatFeedSettings,
 };
-use hashbrown::HashSet;
-use rustc_hash::FxBuildHasher;
+use hashbrown::HashTable;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -45,54 +52,128 @@ pub const MAX_LAYERS: usize = 4;
 /// compaction lands, and the layers above it stay until the next one).
 pub const MAX_LAYERS_COMPACTING: usize = 8;
 
-/// Records of lower levels (0: the base, `i`: layer `i`) no longer in force.
+/// The audit IDs one update touched (added, replaced or removed), each
+/// once, in the order first touched. One string, the ends of the IDs in it
+/// and a table of their numbers by hash: built in one pass over an update
+/// (a few allocations, not one per ID), probed only for a record that
+/// matched a lookup.
 #[derive(Debug, Clone, Default)]
-pub struct Hides(HashSet<u64, FxBuildHasher>);
-
-#[inline]
-fn key(level: usize, rec: u32) -> u64 {
-    ((level as u64) << 32) | u64::from(rec)
+pub struct TouchedIds {
+    text: String,
+    /// Where ID `i` ends in `text` (it starts where ID `i - 1` ends).
+    ends: Vec<u32>,
+    /// ID numbers, by the ID's hash.
+    table: HashTable<u32>,
 }
 
-impl Hides {
-    /// None.
-    pub fn new() -> Self {
-        Self::default()
+impl TouchedIds {
+    /// None yet; room for `ids` IDs of `bytes` bytes in all.
+    pub fn with_capacity(ids: usize, bytes: usize) -> Self {
+        TouchedIds { text: String::with_capacity(bytes), ends: Vec::with_capacity(ids), table: HashTable::with_capacity(ids) }
     }
 
-    /// Marks record `rec` of level `level` removed; false if it already was.
-    pub fn insert(&mut self, level: usize, rec: u32) -> bool {
-        self.0.insert(key(level, rec))
-    }
-
-    /// Whether record `rec` of level `level` is removed.
+    /// The table's hash of an ID: its [`audit_id_hash`] (which every
+    /// record keeps), spread over 64 bits (the table takes its buckets
+    /// from the low bits, a tag from the top seven).
     #[inline]
-    pub fn contains(&self, level: usize, rec: u32) -> bool {
-        !self.0.is_empty() && self.0.contains(&key(level, rec))
+    fn hash(id: &str) -> u64 {
+        Self::spread(audit_id_hash(id))
     }
 
-    /// How many.
+    #[inline]
+    fn spread(h: u32) -> u64 {
+        u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    #[inline]
+    fn at<'t>(text: &'t str, ends: &[u32], i: usize) -> &'t str {
+        let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+        &text[start..ends[i] as usize]
+    }
+
+    /// ID number `i`.
+    pub fn get(&self, i: usize) -> &str {
+        Self::at(&self.text, &self.ends, i)
+    }
+
+    /// IDs held.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ends.len()
     }
 
-    /// Whether there are none.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ends.is_empty()
     }
 
-    /// Every (level, record).
-    pub fn iter(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
-        self.0.iter().map(|&k| ((k >> 32) as usize, k as u32))
+    /// The IDs, in the order first inserted.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Adds `id` unless it is held; returns its number and whether it is new.
+    pub fn insert(&mut self, id: &str) -> Result<(usize, bool), IndicatorError> {
+        let h = Self::hash(id);
+        let TouchedIds { text, ends, table } = self;
+        if let Some(&i) = table.find(h, |&i| Self::at(text, ends, i as usize) == id) {
+            return Ok((i as usize, false));
+        }
+        let too_large = || IndicatorError::TooLarge("the touched audit IDs");
+        let i = u32::try_from(ends.len()).map_err(|_| too_large())?;
+        let end = u32::try_from(text.len() + id.len()).map_err(|_| too_large())?;
+        text.push_str(id);
+        ends.push(end);
+        table.insert_unique(h, i, |&j| Self::hash(Self::at(text, ends, j as usize)));
+        Ok((i as usize, true))
+    }
+
+    /// Whether `id` is held.
+    #[inline]
+    pub fn contains(&self, id: &str) -> bool {
+        self.contains_hashed(Self::hash(id), id)
+    }
+
+    #[inline]
+    fn contains_hashed(&self, hash: u64, id: &str) -> bool {
+        !self.is_empty() && self.table.find(hash, |&i| self.get(i as usize) == id).is_some()
+    }
+
+    /// The union of `parts`, in order.
+    fn union<'p>(parts: impl IntoIterator<Item = &'p TouchedIds> + Clone) -> Result<TouchedIds, IndicatorError> {
+        let (ids, bytes) = parts.clone().into_iter().fold((0, 0), |(n, b), t| (n + t.len(), b + t.text.len()));
+        let mut all = TouchedIds::with_capacity(ids, bytes);
+        for t in parts {
+            for id in t.iter() {
+                all.insert(id)?;
+            }
+        }
+        Ok(all)
     }
 }
 
-/// One update's records, and what of the levels below it hides.
+/// Whether record `rec` of `set` is superseded by one of `above` (probed
+/// by the hash the record keeps: its audit ID is read only when a touched
+/// ID has the same).
+#[inline]
+fn superseded_by<'t>(mut above: impl Iterator<Item = &'t TouchedIds>, set: &IndicatorSet, rec: u32) -> bool {
+    let Some((h, id)) = set.supersedable_audit_id(rec) else { return false };
+    let h = TouchedIds::spread(h);
+    above.any(|t| t.contains_hashed(h, id))
+}
+
+/// A base set, layers on top, one set of exclusions and feed settings.
+#[derive(Debug, Clone)]
+pub struct IndicatorOverlay {
+    base: IndicatorSet,
+    layers: Arc<[Layer]>,
+}
+
+/// One update's records, and the audit IDs it touched.
 #[derive(Debug, Clone)]
 pub struct Layer {
     set: IndicatorSet,
-    hides: Arc<Hides>,
-    /// Index reported for this layer's record 0 (records below, hidden ones included).
+    touched: Arc<TouchedIds>,
+    /// Index reported for this layer's record 0 (records below, superseded ones included).
     offset: u32,
 }
 
@@ -102,17 +183,26 @@ impl Layer {
         &self.set
     }
 
-    /// Lower records it hides.
-    pub fn hides(&self) -> &Hides {
-        &self.hides
+    /// The audit IDs it touched (those of its records, and those it removed).
+    pub fn touched(&self) -> &TouchedIds {
+        &self.touched
     }
 }
 
-/// A base set, layers on top, one set of exclusions and feed settings.
+/// The layers of an overlay folded into one
+/// ([`IndicatorOverlay::layers_compacted`]): their records in force, and
+/// every audit ID they touched (what the one layer supersedes in the base).
 #[derive(Debug, Clone)]
-pub struct IndicatorOverlay {
-    base: IndicatorSet,
-    layers: Arc<[Layer]>,
+pub struct FoldedLayers {
+    set: IndicatorSet,
+    touched: TouchedIds,
+}
+
+impl FoldedLayers {
+    /// The records in force.
+    pub fn set(&self) -> &IndicatorSet {
+        &self.set
+    }
 }
 
 impl Default for IndicatorOverlay {
@@ -137,7 +227,7 @@ impl IndicatorOverlay {
         IndicatorOverlay { base, layers: Arc::new([]) }
     }
 
-    /// The base set (hidden records included).
+    /// The base set (superseded records included).
     pub fn base(&self) -> &IndicatorSet {
         &self.base
     }
@@ -155,75 +245,71 @@ impl IndicatorOverlay {
         }
     }
 
-    /// Whether record `rec` of `level` is hidden by a level above it.
+    /// Whether record `rec` of `level` is superseded by a layer above it.
     #[inline]
-    pub fn hidden(&self, level: usize, rec: u32) -> bool {
-        self.layers.get(level..).is_some_and(|above| above.iter().any(|l| l.hides.contains(level, rec)))
+    pub fn superseded(&self, level: usize, rec: u32) -> bool {
+        match self.layers.get(level..) {
+            Some(above) if !above.is_empty() => superseded_by(above.iter().map(|l| &*l.touched), self.level(level), rec),
+            _ => false,
+        }
     }
 
-    /// Hidden records, all levels.
-    pub fn hidden_count(&self) -> usize {
-        self.layers.iter().map(|l| l.hides.len()).sum()
+    /// Audit IDs the layers touched, all layers (each layer's counted once).
+    pub fn touched_count(&self) -> usize {
+        self.layers.iter().map(|l| l.touched.len()).sum()
     }
 
-    /// This set with `set` on top as a new layer hiding `hides` (records of
-    /// this overlay's levels). When that would make more than
+    fn layer_offset(&self) -> u32 {
+        index(self.records())
+    }
+
+    /// This set with `set` on top as a new layer, superseding the records
+    /// of this overlay's levels with an audit ID in `touched` (every audit
+    /// ID the update touched: those of `set`'s records, which must be its
+    /// only ones, and those it removed). When that would make more than
     /// [`MAX_LAYERS`] ([`MAX_LAYERS_COMPACTING`] while `frozen` > 0), the
     /// new set is merged with the newest layers instead, never with the
     /// `frozen` oldest ones (those a compaction under way folds: see
     /// [`IndicatorOverlay::rebase`]); then there may be one more.
-    pub fn push_layer(&self, set: IndicatorSet, hides: Hides, frozen: usize) -> Result<IndicatorOverlay, IndicatorError> {
+    pub fn push_layer(&self, set: IndicatorSet, touched: TouchedIds, frozen: usize) -> Result<IndicatorOverlay, IndicatorError> {
         let set = set.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
         let n = self.layers.len();
         let cap = if frozen > 0 { MAX_LAYERS_COMPACTING } else { MAX_LAYERS };
         let start = frozen.max(cap - 1);
         let mut layers: Vec<Layer> = self.layers.to_vec();
         if n < cap || start >= n {
-            let offset = index(self.base.len() + self.layers.iter().map(|l| l.set.len()).sum::<usize>());
-            layers.push(Layer { set, hides: Arc::new(hides), offset });
+            let offset = self.layer_offset();
+            layers.push(Layer { set, touched: Arc::new(touched), offset });
             return Ok(IndicatorOverlay { base: self.base.clone(), layers: layers.into() });
         }
         // Merge layers[start..] and `set` (the top of the stack: nothing
-        // above them hides their records but themselves and `hides`).
+        // above them supersedes their records but themselves and `touched`).
         let group = &self.layers[start..];
         let mut b = IndicatorSetBuilder::with_capacity(group.iter().map(|l| l.set.len()).sum::<usize>() + set.len());
         for (i, l) in group.iter().enumerate() {
-            let level = start + 1 + i;
-            l.set.add_records_to(&mut b, |r| !hides.contains(level, r) && !group[i + 1..].iter().any(|h| h.hides.contains(level, r)))?;
+            let above = || group[i + 1..].iter().map(|h| &*h.touched).chain(std::iter::once(&touched));
+            l.set.add_records_to(&mut b, |r| !superseded_by(above(), &l.set, r))?;
         }
         set.add_records_to(&mut b, |_| true)?;
-        let mut merged = Hides::new();
-        for (level, rec) in group.iter().flat_map(|l| l.hides.iter()).chain(hides.iter()) {
-            if level <= start {
-                merged.insert(level, rec);
-            }
-        }
+        let merged = TouchedIds::union(group.iter().map(|l| &*l.touched).chain(std::iter::once(&touched)))?;
         let set = b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
         let offset = group[0].offset;
         layers.truncate(start);
-        layers.push(Layer { set, hides: Arc::new(merged), offset });
+        layers.push(Layer { set, touched: Arc::new(merged), offset });
         Ok(IndicatorOverlay { base: self.base.clone(), layers: layers.into() })
     }
 
     /// `base` (the compaction of this overlay's base and `folded` oldest
-    /// layers) under this overlay's newer layers: their hides of the folded
-    /// levels are dropped, `base_hides` (records of `base` the newer layers
-    /// replace or remove) are the newer layers' now. Settings and exclusions
+    /// layers) under this overlay's newer layers, which supersede its
+    /// records as they did the levels it folds. Settings and exclusions
     /// stay this overlay's.
-    pub fn rebase(&self, base: IndicatorSet, base_hides: Hides, folded: usize) -> IndicatorOverlay {
+    pub fn rebase(&self, base: IndicatorSet, folded: usize) -> IndicatorOverlay {
         let base = base.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
         let mut offset = base.len();
-        let mut extra = Some(base_hides);
         let layers: Vec<Layer> = self.layers[folded.min(self.layers.len())..]
             .iter()
             .map(|l| {
-                let mut hides = extra.take().unwrap_or_default();
-                for (level, rec) in l.hides.iter() {
-                    if level > folded {
-                        hides.insert(level - folded, rec);
-                    }
-                }
-                let layer = Layer { set: l.set.clone(), hides: Arc::new(hides), offset: index(offset) };
+                let layer = Layer { offset: index(offset), ..l.clone() };
                 offset += l.set.len();
                 layer
             })
@@ -231,56 +317,44 @@ impl IndicatorOverlay {
         IndicatorOverlay { base, layers: layers.into() }
     }
 
-    /// This overlay's layers, not its base, as one set: the records in
-    /// force, oldest first (see [`IndicatorOverlay::fold_layers`]). Costs
-    /// what the layers hold, not what the base does.
-    pub fn layers_compacted(&self) -> Result<IndicatorSet, IndicatorError> {
+    /// This overlay's layers, not its base, as one: their records in
+    /// force, oldest first, and the audit IDs they touched (see
+    /// [`IndicatorOverlay::fold_layers`]). Costs what the layers hold, not
+    /// what the base does.
+    pub fn layers_compacted(&self) -> Result<FoldedLayers, IndicatorError> {
         let mut b = IndicatorSetBuilder::with_capacity(self.layers.iter().map(|l| l.set.len()).sum());
         for level in 1..=self.layers.len() {
-            self.level(level).add_records_to(&mut b, |r| !self.hidden(level, r))?;
+            self.level(level).add_records_to(&mut b, |r| !self.superseded(level, r))?;
         }
-        Ok(b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set()))
+        let set = b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
+        Ok(FoldedLayers { set, touched: TouchedIds::union(self.layers.iter().map(|l| &*l.touched))? })
     }
 
     /// `merged` (the [`IndicatorOverlay::layers_compacted`] of an overlay
     /// whose layers were this one's `folded` oldest) as the one layer over
-    /// this base in place of those, hiding what they hid of the base; the
-    /// newer layers above it, their hides of the folded levels dropped,
-    /// `merged_hides` (records of `merged`, level 1, the newer layers
-    /// replace or remove) theirs now, and their hides of newer levels
-    /// renumbered. Settings and exclusions stay this overlay's.
-    pub fn fold_layers(&self, merged: IndicatorSet, merged_hides: Hides, folded: usize) -> IndicatorOverlay {
+    /// this base in place of those, superseding what they superseded of
+    /// the base; the newer layers stay above it. Settings and exclusions
+    /// stay this overlay's.
+    pub fn fold_layers(&self, merged: FoldedLayers, folded: usize) -> IndicatorOverlay {
         let folded = folded.min(self.layers.len());
-        let merged = merged.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
-        let mut below = Hides::new();
-        for (_, rec) in self.layers[..folded].iter().flat_map(|l| l.hides.iter()).filter(|&(level, _)| level == 0) {
-            below.insert(0, rec);
-        }
+        let set = merged.set.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
         let mut offset = self.base.len();
-        let mut layers = vec![Layer { set: merged, hides: Arc::new(below), offset: index(offset) }];
+        let mut layers = vec![Layer { set, touched: Arc::new(merged.touched), offset: index(offset) }];
         offset += layers[0].set.len();
-        let mut extra = Some(merged_hides);
         for l in &self.layers[folded..] {
-            let mut hides = extra.take().unwrap_or_default();
-            for (level, rec) in l.hides.iter() {
-                if level == 0 {
-                    hides.insert(0, rec);
-                } else if level > folded {
-                    hides.insert(level - folded + 1, rec);
-                }
-            }
-            layers.push(Layer { set: l.set.clone(), hides: Arc::new(hides), offset: index(offset) });
+            layers.push(Layer { offset: index(offset), ..l.clone() });
             offset += l.set.len();
         }
         IndicatorOverlay { base: self.base.clone(), layers: layers.into() }
     }
 
     /// One set answering like this overlay (builds a new base; seconds for
-    /// millions of indicators: run it off the critical path).
+    /// millions of indicators: run it off the critical path). Fixed
+    /// records stay fixed.
     pub fn compacted(&self) -> Result<IndicatorSet, IndicatorError> {
-        let mut b = IndicatorSetBuilder::with_capacity(self.len());
+        let mut b = IndicatorSetBuilder::with_capacity(self.records());
         for level in 0..=self.layers.len() {
-            self.level(level).add_records_to(&mut b, |r| !self.hidden(level, r))?;
+            self.level(level).add_records_to(&mut b, |r| !self.superseded(level, r))?;
         }
         Ok(b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set()))
     }
@@ -310,7 +384,7 @@ impl IndicatorOverlay {
         self.base.exclusions()
     }
 
-    /// Names of the feeds the indicators came from (hidden ones included).
+    /// Names of the feeds the indicators came from (superseded ones included).
     pub fn feed_names(&self) -> impl Iterator<Item = &str> {
         let mut names: Vec<&str> = self.base.feed_names().collect();
         for l in self.layers.iter() {
@@ -323,19 +397,15 @@ impl IndicatorOverlay {
         names.into_iter()
     }
 
-    /// Indicators in force, duplicates included.
-    pub fn len(&self) -> usize {
-        let all = self.base.len() + self.layers.iter().map(|l| l.set.len()).sum::<usize>();
-        all - self.hidden_count().min(all)
+    /// Records held, all levels, superseded ones included: the indicators
+    /// in force (duplicates included) when there are no layers, at most
+    /// that many otherwise.
+    pub fn records(&self) -> usize {
+        self.base.len() + self.layers.iter().map(|l| l.set.len()).sum::<usize>()
     }
 
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Sizes: `total` is exact; the per-kind figures add every level's
-    /// distinct keys (hidden keys still counted) until compacted.
+    /// Sizes, every level's added up (records superseded by a layer still
+    /// counted until compacted: `total` is [`IndicatorOverlay::records`]).
     pub fn counts(&self) -> IndicatorCounts {
         let mut c = self.base.counts();
         for l in self.layers.iter() {
@@ -345,9 +415,10 @@ impl IndicatorOverlay {
             c.domains += d.domains;
             c.urls += d.urls;
         }
-        c.total = self.len();
+        c.total = self.records();
         c
     }
+
 
     /// The best of every level's best: `best(set, level)` is that level's
     /// (record, specificity) among its records in force; a more specific
@@ -387,7 +458,7 @@ impl IndicatorOverlay {
         if self.layers.is_empty() {
             return self.base.match_ip(ip);
         }
-        self.layered(|s, level| s.best_ip_where(ip, |r| !self.hidden(level, r)), || self.exclusions().excludes_ip(ip))
+        self.layered(|s, level| s.best_ip_where(ip, |r| !self.superseded(level, r)), || self.exclusions().excludes_ip(ip))
     }
 
     /// A DNS name: as [`IndicatorSet::match_domain`].
@@ -396,7 +467,7 @@ impl IndicatorOverlay {
         if self.layers.is_empty() {
             return self.base.match_domain(name);
         }
-        self.layered(|s, level| s.best_domain_where(name, |r| !self.hidden(level, r)), || self.exclusions().excludes_domain(name))
+        self.layered(|s, level| s.best_domain_where(name, |r| !self.superseded(level, r)), || self.exclusions().excludes_domain(name))
     }
 
     /// An HTTP request: as [`IndicatorSet::match_url`].
@@ -405,7 +476,7 @@ impl IndicatorOverlay {
         if self.layers.is_empty() {
             return self.base.match_url(host, path);
         }
-        self.layered(|s, level| s.best_url_where(host, path, |r| !self.hidden(level, r)), || self.exclusions().excludes_url(host, path))
+        self.layered(|s, level| s.best_url_where(host, path, |r| !self.superseded(level, r)), || self.exclusions().excludes_url(host, path))
     }
 }
 
@@ -416,33 +487,57 @@ mod tests {
         AuditId, FeedAction, FeedSettings, IndicatorKind, IndicatorSetBuilder, ThreatExclusion, ThreatIndicator,
     };
     use proptest::prelude::*;
+    use std::collections::HashSet;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn build(inds: &[ThreatIndicator], excl: &[ThreatExclusion], settings: &ThreatFeedSettings) -> IndicatorSet {
         IndicatorSet::build(inds, excl, settings).unwrap()
     }
 
-    /// Base built from `base`; then `removed` (positions in `base`) taken
-    /// out and `added` put on top, as one layer.
+    /// `inds` compiled, those `fixed` says are fixed added as such.
+    fn build_fixed(
+        inds: &[ThreatIndicator],
+        fixed: impl Fn(usize) -> bool,
+        excl: &[ThreatExclusion],
+        settings: &ThreatFeedSettings,
+    ) -> IndicatorSet {
+        let mut b = IndicatorSetBuilder::new();
+        for (n, i) in inds.iter().enumerate() {
+            if fixed(n) {
+                b.add_fixed_parts(&i.kind, &i.audit_id.0, &i.feed).unwrap();
+            } else {
+                b.add(i).unwrap();
+            }
+        }
+        b.build(settings).with_exclusions(excl).unwrap()
+    }
+
+    fn touched<'a>(ids: impl IntoIterator<Item = &'a str>) -> TouchedIds {
+        let mut t = TouchedIds::default();
+        for id in ids {
+            t.insert(id).unwrap();
+        }
+        t
+    }
+
+    /// Base built from `base` (its first `fixed` fixed); then one layer
+    /// adding `added` and removing the audit IDs `removed`, touching those
+    /// and the added ones'.
     fn overlay(
         base: &[ThreatIndicator],
-        removed: &[usize],
+        fixed: usize,
+        removed: &[&str],
         added: &[ThreatIndicator],
         excl: &[ThreatExclusion],
         settings: &ThreatFeedSettings,
     ) -> IndicatorOverlay {
-        let o = IndicatorOverlay::from_set(build(base, excl, settings));
-        let mut hides = Hides::new();
-        for &i in removed {
-            let ind = &base[i];
-            let rec = o.base().find_record(&ind.kind, &ind.audit_id.0, &ind.feed, |r| !hides.contains(0, r)).expect("a base record");
-            assert!(hides.insert(0, rec));
-        }
+        let o = IndicatorOverlay::from_set(build_fixed(base, |n| n < fixed, excl, settings));
+        let t = touched(removed.iter().copied().chain(added.iter().map(|a| a.audit_id.0.as_str())));
         let mut d = IndicatorSetBuilder::new();
         for a in added {
             d.add(a).unwrap();
         }
-        o.push_layer(d.build(&ThreatFeedSettings::default()), hides, 0).unwrap()
+        o.push_layer(d.build(&ThreatFeedSettings::default()), t, 0).unwrap()
     }
 
     fn ind(v: &str, audit: &str, feed: &str) -> ThreatIndicator {
@@ -450,10 +545,30 @@ mod tests {
     }
 
     #[test]
-    fn a_layer_adds_hides_remove_and_the_more_specific_wins() {
+    fn touched_ids_hold_each_id_once_in_order() {
+        let mut t = TouchedIds::with_capacity(2, 4);
+        assert_eq!(t.insert("b").unwrap(), (0, true));
+        assert_eq!(t.insert("").unwrap(), (1, true));
+        assert_eq!(t.insert("ab").unwrap(), (2, true));
+        assert_eq!(t.insert("b").unwrap(), (0, false));
+        for i in 0..200 {
+            t.insert(&format!("id-{i}")).unwrap();
+        }
+        assert_eq!(t.len(), 203);
+        assert!(t.contains("b") && t.contains("") && t.contains("ab") && t.contains("id-199"));
+        assert!(!t.contains("a") && !t.contains("id-200") && !t.contains("bab"));
+        assert_eq!(t.iter().take(3).collect::<Vec<_>>(), ["b", "", "ab"]);
+        let u = TouchedIds::union([&touched(["x", "b"]), &t]).unwrap();
+        assert_eq!(u.len(), 204);
+        assert_eq!(u.iter().take(3).collect::<Vec<_>>(), ["x", "b", ""]);
+        assert!(!TouchedIds::default().contains(""));
+    }
+
+    #[test]
+    fn a_layer_supersedes_what_it_touched_and_the_more_specific_wins() {
         let base = [ind("10.0.0.0/8", "wide", "f"), ind("10.1.1.1", "narrow", "f"), ind("evil.example", "D", "f")];
         let added = [ind("10.1.0.0/16", "mid", "f"), ind("www.evil.example", "W", "g"), ind("http://x.example/p", "U", "f")];
-        let o = overlay(&base, &[1], &added, &["10.9.0.0/16".parse().unwrap()], &ThreatFeedSettings::default());
+        let o = overlay(&base, 0, &["narrow"], &added, &["10.9.0.0/16".parse().unwrap()], &ThreatFeedSettings::default());
         let audit = |m: IndicatorMatch<'_>| m.hit().map(|h| h.audit_id.to_owned());
         assert_eq!(audit(o.match_ip("10.1.1.1".parse().unwrap())).as_deref(), Some("mid"), "removed narrow, the layer's /16 wins");
         assert_eq!(audit(o.match_ip("10.2.0.1".parse().unwrap())).as_deref(), Some("wide"));
@@ -464,7 +579,8 @@ mod tests {
         assert_eq!(o.match_url(b"x.example", b"/q"), IndicatorMatch::NoMatch);
         let hit = o.match_domain(b"www.evil.example").hit().unwrap();
         assert_eq!((hit.index, hit.feed), (3 + 1, "g"), "layer hits are numbered after the base");
-        assert_eq!(o.len(), 5);
+        assert_eq!(o.records(), 6, "the superseded record still counted");
+        assert_eq!(o.touched_count(), 4);
         // Settings apply to the layer's feeds too, without a rebuild.
         let mut s = ThreatFeedSettings::default();
         s.feeds.insert("g".into(), FeedSettings { enabled: true, action: FeedAction::LogOnly });
@@ -473,12 +589,29 @@ mod tests {
         assert!(o2.match_domain(b"evil.example").drops());
         // Compaction answers the same.
         let c = IndicatorOverlay::from_set(o.compacted().unwrap());
-        assert_eq!(c.len(), 5);
+        assert_eq!(c.records(), 5);
         assert!(c.layers().is_empty());
         for q in ["10.1.1.1", "10.2.0.1", "10.9.0.1", "11.0.0.1"] {
             let ip = q.parse().unwrap();
             assert_eq!(summary(c.match_ip(ip)), summary(o.match_ip(ip)), "{q}");
         }
+    }
+
+    /// A fixed record (a third-party feed's) stays in force whatever audit
+    /// ID a layer touches, through compactions too.
+    #[test]
+    fn fixed_records_are_never_superseded() {
+        let base = [ind("198.51.100.7", "A1", "tp"), ind("203.0.113.9", "A1", "mdr")];
+        let o = overlay(&base, 1, &["A1"], &[], &[], &ThreatFeedSettings::default());
+        let feed = |o: &IndicatorOverlay, q: &str| o.match_ip(q.parse().unwrap()).hit().map(|h| h.feed.to_owned());
+        assert_eq!(feed(&o, "198.51.100.7").as_deref(), Some("tp"), "fixed: stays");
+        assert_eq!(feed(&o, "203.0.113.9"), None, "Central's A1: removed");
+        let c = IndicatorOverlay::from_set(o.compacted().unwrap());
+        assert_eq!(c.records(), 1);
+        let again = c.push_layer(IndicatorSet::empty(), touched(["A1"]), 0).unwrap();
+        assert_eq!(feed(&again, "198.51.100.7").as_deref(), Some("tp"), "still fixed after a compaction");
+        let folded = again.fold_layers(again.layers_compacted().unwrap(), 1);
+        assert_eq!(feed(&IndicatorOverlay::from_set(folded.compacted().unwrap()), "198.51.100.7").as_deref(), Some("tp"));
     }
 
     fn summary(m: IndicatorMatch<'_>) -> Option<(String, String, FeedAction, bool)> {
@@ -549,13 +682,15 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
 
-        /// base - removed + one layer answers every lookup exactly like one
-        /// set built from scratch from (base without the removed) ++ added,
-        /// and so does its compaction.
+        /// A base (its first `fixed` records fixed) and one layer touching
+        /// some audit IDs answers every lookup exactly like one set built
+        /// from scratch from (the base without the records it supersedes)
+        /// ++ the layer's, and so does its compaction.
         #[test]
         fn overlay_agrees_with_a_from_scratch_build(
             base in indicators(30),
-            removed_mask in prop::collection::vec(any::<bool>(), 30),
+            fixed in 0usize..8,
+            removed_mask in prop::collection::vec(any::<bool>(), 4),
             added in indicators(12),
             excl in prop::collection::vec(exclusion(), 0..5),
             settings in settings(),
@@ -565,13 +700,19 @@ mod tests {
             qu in prop::collection::vec((name(), path()), 8),
             qu6 in prop::collection::vec((v6(), path()), 3),
         ) {
-            let removed: Vec<usize> = (0..base.len()).filter(|&i| removed_mask[i]).collect();
-            let kept: Vec<ThreatIndicator> = base.iter().enumerate().filter(|(i, _)| !removed_mask[*i]).map(|(_, b)| b.clone()).chain(added.iter().cloned()).collect();
+            let removed: Vec<String> = (0..4).filter(|&a| removed_mask[a]).map(|a| format!("audit-{a}")).collect();
+            let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
+            let gone: HashSet<&str> = removed.iter().copied().chain(added.iter().map(|a| a.audit_id.0.as_str())).collect();
+            let kept: Vec<ThreatIndicator> = base.iter().enumerate()
+                .filter(|(n, b)| *n < fixed || !gone.contains(b.audit_id.0.as_str()))
+                .map(|(_, b)| b.clone())
+                .chain(added.iter().cloned())
+                .collect();
             let reference = build(&kept, &excl, &settings);
-            let o = overlay(&base, &removed, &added, &excl, &settings);
+            let o = overlay(&base, fixed, &removed, &added, &excl, &settings);
             let compacted = IndicatorOverlay::from_set(o.compacted().unwrap());
-            prop_assert_eq!(o.len(), reference.len());
-            prop_assert_eq!(compacted.len(), reference.len());
+            prop_assert_eq!(compacted.records(), reference.len());
+            prop_assert_eq!(o.records(), base.len() + added.len());
             for candidate in [&o, &compacted] {
                 for q in q4.iter().map(|&a| IpAddr::from(a)).chain(q6.iter().map(|&a| IpAddr::from(a))) {
                     prop_assert_eq!(summary(candidate.match_ip(q)), summary(reference.match_ip(q)), "ip {}", q);
@@ -596,8 +737,10 @@ mod tests {
         Batch(Vec<(u8, Option<(IndicatorKind, u8)>)>),
         /// Compact now (nothing came in meanwhile).
         Compact,
-        /// Start a compaction (of the overlay as it is now)...
+        /// Start a compaction of the overlay as it is now, into a new base...
         Mark,
+        /// ...or of its layers into one...
+        MarkLayers,
         /// ...and install it under whatever came in since.
         Install,
     }
@@ -607,30 +750,35 @@ mod tests {
             6 => prop::collection::vec((0u8..8, prop::option::weighted(0.8, (kind(), 0u8..3))), 0..6).prop_map(Op::Batch),
             1 => Just(Op::Compact),
             1 => Just(Op::Mark),
+            1 => Just(Op::MarkLayers),
             1 => Just(Op::Install),
         ]
     }
 
     /// What the owner (the Central client) keeps to drive an overlay, as
-    /// simple as it can be: the model in order of last change, the audit
-    /// IDs changed since the base was built, a compaction under way.
+    /// simple as it can be: the model in order of last change (fixed
+    /// records, a third-party feed's, stay where they are), and a
+    /// compaction under way.
     struct Owner {
         o: IndicatorOverlay,
-        model: Vec<ThreatIndicator>,
-        touched: std::collections::HashSet<String>,
+        model: Vec<(ThreatIndicator, bool)>,
         mark: Option<Mark>,
     }
 
+    enum Built {
+        Base(IndicatorSet),
+        Layers(FoldedLayers),
+    }
+
     struct Mark {
-        built: IndicatorSet,
+        built: Built,
         folded: usize,
-        before: std::collections::HashMap<String, Option<ThreatIndicator>>,
-        touched_since: std::collections::HashSet<String>,
     }
 
     impl Owner {
-        fn current(&self, audit: &str) -> Option<&ThreatIndicator> {
-            self.model.iter().find(|i| i.audit_id.0 == audit)
+        fn reference(&self, excl: &[ThreatExclusion], settings: &ThreatFeedSettings) -> IndicatorSet {
+            let inds: Vec<ThreatIndicator> = self.model.iter().map(|(i, _)| i.clone()).collect();
+            build(&inds, excl, settings)
         }
 
         fn apply(&mut self, op: &Op) {
@@ -638,24 +786,13 @@ mod tests {
                 Op::Batch(changes) => {
                     // The final state of each audit ID, in order of last change.
                     let mut mine: Vec<(String, Option<ThreatIndicator>)> = Vec::new();
+                    let mut t = TouchedIds::default();
                     for (a, now) in changes {
                         let audit = format!("A{a}");
+                        t.insert(&audit).unwrap();
                         mine.retain(|(x, _)| *x != audit);
                         let now = now.clone().map(|(kind, f)| ThreatIndicator { kind, audit_id: AuditId(audit.clone()), feed: format!("f{f}") });
                         mine.push((audit, now));
-                    }
-                    let o = &self.o;
-                    let mut hides = Hides::new();
-                    for (audit, _) in &mine {
-                        let Some(old) = self.current(audit) else { continue };
-                        let levels: Vec<usize> = if self.touched.contains(audit) { (1..=o.layers().len()).rev().collect() } else { vec![0] };
-                        let found = levels.into_iter().find_map(|level| {
-                            let h = &hides;
-                            let rec = o.level(level).find_record(&old.kind, audit, &old.feed, |r| !o.hidden(level, r) && !h.contains(level, r))?;
-                            Some((level, rec))
-                        });
-                        let (level, rec) = found.expect("the record in force");
-                        hides.insert(level, rec);
                     }
                     let mut b = IndicatorSetBuilder::new();
                     for (_, now) in &mine {
@@ -664,44 +801,31 @@ mod tests {
                         }
                     }
                     let frozen = self.mark.as_ref().map_or(0, |m| m.folded);
-                    self.o = o.push_layer(b.build(&ThreatFeedSettings::default()), hides, frozen).unwrap();
+                    self.o = self.o.push_layer(b.build(&ThreatFeedSettings::default()), t, frozen).unwrap();
                     for (audit, now) in mine {
-                        if let Some(m) = self.mark.as_mut() {
-                            if !m.before.contains_key(&audit) {
-                                let was = self.model.iter().find(|i| i.audit_id.0 == audit).cloned();
-                                m.before.insert(audit.clone(), was);
-                            }
-                            m.touched_since.insert(audit.clone());
-                        }
-                        self.model.retain(|i| i.audit_id.0 != audit);
-                        self.model.extend(now);
-                        self.touched.insert(audit);
+                        self.model.retain(|(i, fixed)| *fixed || i.audit_id.0 != audit);
+                        self.model.extend(now.map(|i| (i, false)));
                     }
                 }
                 Op::Compact => {
                     self.o = IndicatorOverlay::from_set(self.o.compacted().unwrap());
-                    self.touched.clear();
                     self.mark = None;
                 }
-                Op::Mark => {
+                Op::Mark | Op::MarkLayers => {
                     if self.mark.is_none() {
-                        let built = self.o.compacted().unwrap();
-                        let folded = self.o.layers().len();
-                        self.mark = Some(Mark { built, folded, before: Default::default(), touched_since: Default::default() });
+                        let built = match op {
+                            Op::Mark => Built::Base(self.o.compacted().unwrap()),
+                            _ => Built::Layers(self.o.layers_compacted().unwrap()),
+                        };
+                        self.mark = Some(Mark { built, folded: self.o.layers().len() });
                     }
                 }
                 Op::Install => {
                     if let Some(m) = self.mark.take() {
-                        let mut hides = Hides::new();
-                        for (audit, before) in &m.before {
-                            if let Some(old) = before {
-                                let h = &hides;
-                                let rec = m.built.find_record(&old.kind, audit, &old.feed, |r| !h.contains(0, r)).expect("in the compaction");
-                                hides.insert(0, rec);
-                            }
-                        }
-                        self.o = self.o.rebase(m.built, hides, m.folded);
-                        self.touched = m.touched_since;
+                        self.o = match m.built {
+                            Built::Base(base) => self.o.rebase(base, m.folded),
+                            Built::Layers(merged) => self.o.fold_layers(merged, m.folded),
+                        };
                     }
                 }
             }
@@ -712,13 +836,15 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
         /// After any sequence of add/remove/replace batches, compactions
-        /// and compactions outrun by batches, the layered overlay answers
-        /// every lookup like one set built from scratch from the model (in
-        /// order of last change), and so does its compaction; the layers
-        /// stay bounded.
+        /// (into a new base or into one layer) and compactions outrun by
+        /// batches, the layered overlay answers every lookup like one set
+        /// built from scratch from the model (in order of last change), and
+        /// so does its compaction; fixed records (whose audit IDs collide
+        /// with the batches') stay in force; the layers stay bounded.
         #[test]
         fn layers_agree_with_a_from_scratch_build(
             start in indicators(12),
+            fixed in indicators(4),
             ops in prop::collection::vec(op(), 1..14),
             excl in prop::collection::vec(exclusion(), 0..4),
             settings in settings(),
@@ -727,24 +853,30 @@ mod tests {
             qn in prop::collection::vec((name(), any::<bool>()), 8),
             qu in prop::collection::vec((name(), path()), 6),
         ) {
-            // Unique audit IDs, as the owner keeps them.
-            let mut model: Vec<ThreatIndicator> = Vec::new();
+            // Unique audit IDs, as the owner keeps them; then the fixed
+            // ones, as `build_set` adds a third-party feed's after Central's.
+            let mut model: Vec<(ThreatIndicator, bool)> = Vec::new();
             for (n, mut i) in start.into_iter().enumerate() {
                 i.audit_id = AuditId(format!("A{}", n % 8));
-                model.retain(|m| m.audit_id != i.audit_id);
-                model.push(i);
+                model.retain(|(m, _)| m.audit_id != i.audit_id);
+                model.push((i, false));
             }
-            let mut w = Owner { o: IndicatorOverlay::from_set(build(&model, &excl, &settings)), model, touched: Default::default(), mark: None };
+            for (n, mut i) in fixed.into_iter().enumerate() {
+                i.audit_id = AuditId(format!("A{}", n * 2));
+                model.push((i, true));
+            }
+            let inds: Vec<ThreatIndicator> = model.iter().map(|(i, _)| i.clone()).collect();
+            let base = build_fixed(&inds, |n| model[n].1, &excl, &settings);
+            let mut w = Owner { o: IndicatorOverlay::from_set(base), model, mark: None };
             for op in &ops {
                 w.apply(op);
                 // Bounded: MAX_LAYERS normally, more while a compaction is
                 // under way and until the push after it lands.
                 let bound = if w.mark.is_some() || w.o.layers().len() > MAX_LAYERS { MAX_LAYERS_COMPACTING + 1 } else { MAX_LAYERS };
                 prop_assert!(w.o.layers().len() <= bound, "{} layers", w.o.layers().len());
-                let reference = build(&w.model, &excl, &settings);
+                let reference = w.reference(&excl, &settings);
                 let compacted = IndicatorOverlay::from_set(w.o.compacted().unwrap());
-                prop_assert_eq!(w.o.len(), reference.len());
-                prop_assert_eq!(compacted.len(), reference.len());
+                prop_assert_eq!(compacted.records(), reference.len());
                 for candidate in [&w.o, &compacted] {
                     for q in q4.iter().map(|&a| IpAddr::from(a)).chain(q6.iter().map(|&a| IpAddr::from(a))) {
                         prop_assert_eq!(summary(candidate.match_ip(q)), summary(reference.match_ip(q)), "ip {} after {:?}", q, op);

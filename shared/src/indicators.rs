@@ -44,7 +44,7 @@ use rustc_hash::{FxBuildHasher, FxHasher};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -259,7 +259,7 @@ pub enum IndicatorError {
         fix: &'static str,
     },
     /// An audit id longer than a record can point at.
-    #[error("threat indicator with audit id of {0} bytes: keep audit ids under 65536 bytes")]
+    #[error("threat indicator with audit id of {0} bytes: keep audit ids under 32768 bytes")]
     AuditIdTooLong(usize),
     /// The set outgrew its 32-bit offsets.
     #[error("indicator set too large ({0} exceeds 4 GiB or 4 billion entries): split the feed across gateways")]
@@ -393,10 +393,45 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy)]
 struct Record {
     audit_off: u32,
+    /// The audit ID's length, and [`FIXED`] for a fixed record.
     audit_len: u16,
     feed: u16,
     /// The next (earlier added) record with the same key, or `NONE`.
     next: u32,
+    /// [`audit_id_hash`] of the audit ID: whether a layer of an overlay
+    /// supersedes a record that matched is asked of its touched audit IDs
+    /// by this hash, without reading the ID (a cache miss in a large set)
+    /// unless one of them has the same hash.
+    audit_hash: u32,
+}
+
+/// The hash of an audit ID that records keep and touched audit IDs are
+/// found by (see `indicator_overlay`).
+#[inline]
+pub fn audit_id_hash(id: &str) -> u32 {
+    let h = FxBuildHasher.hash_one(id);
+    // The high half has the multiply's best-mixed bits.
+    (h >> 32) as u32
+}
+
+/// The bit of [`Record::audit_len`] that marks a record no layer of an
+/// overlay supersedes (see [`IndicatorSetBuilder::add_fixed_parts`]).
+const FIXED: u16 = 0x8000;
+
+/// The longest audit ID a set holds (the bit above is [`FIXED`]).
+const MAX_AUDIT_LEN: usize = (FIXED - 1) as usize;
+
+impl Record {
+    #[inline]
+    fn audit_range(&self) -> std::ops::Range<usize> {
+        let start = self.audit_off as usize;
+        start..start + usize::from(self.audit_len & !FIXED)
+    }
+
+    #[inline]
+    fn fixed(&self) -> bool {
+        self.audit_len & FIXED != 0
+    }
 }
 
 trait PrefixKey: Copy + Eq + Hash {
@@ -935,12 +970,27 @@ impl IndicatorSetBuilder {
 
     /// Adds one indicator from its parts; returns its index.
     pub fn add_parts(&mut self, kind: &IndicatorKind, audit_id: &str, feed: &str) -> Result<u32, IndicatorError> {
+        self.add_record(kind, audit_id, feed, false)
+    }
+
+    /// Adds one *fixed* indicator from its parts: one whose audit ID is not
+    /// Central's, so that no layer of an overlay (a change from Central,
+    /// naming the audit IDs it touches) supersedes it, whatever the audit
+    /// ID (a third-party feed's indicator: see `indicator_overlay`).
+    pub fn add_fixed_parts(&mut self, kind: &IndicatorKind, audit_id: &str, feed: &str) -> Result<u32, IndicatorError> {
+        self.add_record(kind, audit_id, feed, true)
+    }
+
+    fn add_record(&mut self, kind: &IndicatorKind, audit_id: &str, feed: &str, fixed: bool) -> Result<u32, IndicatorError> {
         let ix = &mut self.index;
         let rec = u32::try_from(ix.records.len())
             .ok()
             .filter(|&r| r != NONE)
             .ok_or(IndicatorError::TooLarge("the indicator count"))?;
-        let audit_len = u16::try_from(audit_id.len()).map_err(|_| IndicatorError::AuditIdTooLong(audit_id.len()))?;
+        if audit_id.len() > MAX_AUDIT_LEN {
+            return Err(IndicatorError::AuditIdTooLong(audit_id.len()));
+        }
+        let audit_len = audit_id.len() as u16 | if fixed { FIXED } else { 0 };
         let feed = match self.last_feed.filter(|&f| *ix.feed_names[usize::from(f)] == *feed) {
             Some(f) => f,
             None => {
@@ -959,7 +1009,7 @@ impl IndicatorSetBuilder {
         };
         let audit_off =
             u32::try_from(ix.audit_arena.len()).map_err(|_| IndicatorError::TooLarge("the audit id arena"))?;
-        audit_off.checked_add(u32::from(audit_len)).ok_or(IndicatorError::TooLarge("the audit id arena"))?;
+        audit_off.checked_add(audit_id.len() as u32).ok_or(IndicatorError::TooLarge("the audit id arena"))?;
         let bad = |(problem, fix)| invalid(&kind.to_string(), problem, fix);
         let previous = match kind {
             IndicatorKind::Ipv4(a) => ix.v4.insert(u32::from(*a), 32, rec),
@@ -974,7 +1024,7 @@ impl IndicatorSetBuilder {
             }
         };
         ix.audit_arena.push_str(audit_id);
-        ix.records.push(Record { audit_off, audit_len, feed, next: previous.unwrap_or(NONE) });
+        ix.records.push(Record { audit_off, audit_len, feed, next: previous.unwrap_or(NONE), audit_hash: audit_id_hash(audit_id) });
         Ok(rec)
     }
 
@@ -1122,10 +1172,9 @@ impl IndicatorSet {
     #[inline]
     fn hit(&self, rec: u32) -> IndicatorHit<'_> {
         let r = &self.index.records[rec as usize];
-        let start = r.audit_off as usize;
         IndicatorHit {
             index: rec,
-            audit_id: &self.index.audit_arena[start..start + r.audit_len as usize],
+            audit_id: &self.index.audit_arena[r.audit_range()],
             feed: &self.index.feed_names[r.feed as usize],
             action: self.feeds[r.feed as usize].action,
         }
@@ -1183,13 +1232,6 @@ impl<K: PrefixKey> Lpm<K> {
     #[inline]
     fn matches_len(&self, key: K) -> impl Iterator<Item = (u32, u8)> + '_ {
         self.lens.iter().zip(&self.maps).filter_map(move |(&len, map)| map.get(&key.masked(len)).map(|&v| (v, len)))
-    }
-
-    /// The value stored for exactly `key/len`.
-    fn get_exact(&self, key: K, len: u8) -> Option<u32> {
-        let len = len.min(K::BITS);
-        let i = self.lens.iter().position(|&l| l == len)?;
-        self.maps[i].get(&key.masked(len)).copied()
     }
 
     /// Every (key, prefix length, value).
@@ -1294,42 +1336,14 @@ impl IndicatorSet {
         Arc::clone(&self.exclusions)
     }
 
-    fn record_is(&self, rec: u32, audit_id: &str, feed: &str) -> bool {
-        let r = &self.index.records[rec as usize];
-        let start = r.audit_off as usize;
-        &self.index.audit_arena[start..start + r.audit_len as usize] == audit_id
-            && &*self.index.feed_names[r.feed as usize] == feed
-    }
-
-    /// The newest record of this indicator (same value, audit id and feed)
-    /// that `keep` keeps: what an overlay must hide to remove it.
-    pub fn find_record(&self, kind: &IndicatorKind, audit_id: &str, feed: &str, keep: impl Fn(u32) -> bool) -> Option<u32> {
-        let chain = |mut rec: u32| {
-            while rec != NONE {
-                if self.record_is(rec, audit_id, feed) && keep(rec) {
-                    return Some(rec);
-                }
-                rec = self.index.records[rec as usize].next;
-            }
-            None
-        };
-        match kind {
-            IndicatorKind::Ipv4(a) => chain(self.index.v4.get_exact(u32::from(*a), 32)?),
-            IndicatorKind::Ipv4Net(n) => chain(self.index.v4.get_exact(u32::from(n.addr()), n.prefix_len())?),
-            IndicatorKind::Ipv6(a) => chain(self.index.v6.get_exact(u128::from(*a), 128)?),
-            IndicatorKind::Ipv6Net(n) => chain(self.index.v6.get_exact(u128::from(n.addr()), n.prefix_len())?),
-            IndicatorKind::Domain(d) => chain(self.index.domains.get(normalize_name(d).ok()?.as_bytes())?),
-            IndicatorKind::Url(u) => {
-                let (host, path) = split_url(u).ok()?;
-                let found = self
-                    .index
-                    .urls
-                    .matches_len(host.as_bytes(), path.as_bytes())
-                    .find(|&(v, l)| l == path.len() && self.record_is(v, audit_id, feed) && keep(v))
-                    .map(|(v, _)| v);
-                found
-            }
-        }
+    /// The [`audit_id_hash`] and audit ID of record `rec`, unless it is
+    /// fixed (see [`IndicatorSetBuilder::add_fixed_parts`]): what a layer
+    /// of an overlay that touched that audit ID supersedes. The ID's bytes
+    /// are not read here (only its place in the arena).
+    #[inline]
+    pub fn supersedable_audit_id(&self, rec: u32) -> Option<(u32, &str)> {
+        let r = self.index.records.get(rec as usize)?;
+        (!r.fixed()).then(|| (r.audit_hash, &self.index.audit_arena[r.audit_range()]))
     }
 
     /// Every record's key, by record number.
@@ -1364,14 +1378,15 @@ impl IndicatorSet {
         keys
     }
 
-    /// Adds this set's records that `keep` keeps to `b`, in their order
-    /// (what merging sets, or compacting an overlay, is made of).
+    /// Adds this set's records that `keep` keeps to `b`, in their order,
+    /// fixed ones as fixed (what merging sets, or compacting an overlay, is
+    /// made of).
     pub fn add_records_to(&self, b: &mut IndicatorSetBuilder, keep: impl Fn(u32) -> bool) -> Result<(), IndicatorError> {
         let ix = &*self.index;
         for (rec, key) in self.stored_keys().into_iter().enumerate() {
             let (Some(key), true) = (key, keep(rec as u32)) else { continue };
             let r = &ix.records[rec];
-            let audit = &ix.audit_arena[r.audit_off as usize..r.audit_off as usize + r.audit_len as usize];
+            let audit = &ix.audit_arena[r.audit_range()];
             let feed = &*ix.feed_names[r.feed as usize];
             let kind = match key {
                 StoredKey::V4(k, l) => IndicatorKind::Ipv4Net(Ipv4Net::new(Ipv4Addr::from(k), l).map_err(|_| IndicatorError::TooLarge("an IPv4 prefix"))?),
@@ -1385,7 +1400,7 @@ impl IndicatorSet {
                     IndicatorKind::Url(format!("http://{host}{}", String::from_utf8_lossy(p)))
                 }
             };
-            b.add_parts(&kind, audit, feed)?;
+            b.add_record(&kind, audit, feed, r.fixed())?;
         }
         Ok(())
     }

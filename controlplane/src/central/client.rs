@@ -457,7 +457,7 @@ impl CentralClient {
                 BeforeFirstSync::FailClosed => "fail_closed".into(),
                 BeforeFirstSync::FailOpen => "fail_open".into(),
             };
-            s.indicators = start.indicators.len() as u64;
+            s.indicators = start.synced.indicator_count() as u64;
             s.endpoint_certs = start.synced.certs.len() as u64;
             s.events_spooled = start.spool.len() as u64;
         }
@@ -648,11 +648,11 @@ impl Ctx {
             t0.elapsed()
         );
         let (rev, has_policy, ncerts) = (synced.revision, synced.policy.is_some(), synced.certs.len());
+        let indicators = synced.indicator_count() as u64;
         drop(synced);
         // What the workers let go of before this update (not what this one
         // retired: they are moving off it now).
         crate::background::free_retired(&self.state);
-        let indicators = self.state.indicators().len() as u64;
         self.set_status(|s| {
             s.revision = rev;
             s.updates_applied += 1;
@@ -702,7 +702,7 @@ impl Ctx {
                 self.state.set_overlay(set.clone());
                 crate::background::free_retired(&self.state);
                 let _ = self.persist.send(Persist::Whole);
-                let n = self.state.indicators().len() as u64;
+                let n = synced.indicator_count() as u64;
                 self.set_status(|s| s.indicators = n);
                 Ok(true)
             }
@@ -844,7 +844,7 @@ pub const COMPACT_AFTER: usize = 20_000;
 /// Under it, a stream of batches is folded into one layer at a time.
 pub const QUIET_FOR: Duration = Duration::from_secs(2);
 
-/// While the layers hold (records, and records they hide) less than the
+/// While the layers touched (audit IDs added, replaced or removed) less than the
 /// base divided by this, they are folded into one layer over the base,
 /// not into a new base: a fold then
 /// costs what the layers hold, not what the base does (at 4M held, a new
@@ -862,9 +862,10 @@ fn compaction_due(o: &IndicatorOverlay, touched: usize, idle: bool) -> Option<bo
     if idle {
         return Some(true);
     }
-    // Records hidden count too: removals leave the base's records in
-    // place, hidden, until a new base is built.
-    let in_layers = o.layers().iter().map(|l| l.set().len()).sum::<usize>() + o.hidden_count();
+    // What the layers touched, not only what they hold: removals leave
+    // the base's records in place, superseded, until a new base is built
+    // (a layer's records are among the audit IDs it touched).
+    let in_layers = o.touched_count();
     let whole = in_layers.saturating_mul(FOLD_LAYERS_UNDER) >= o.base().len();
     (touched >= COMPACT_AFTER && (whole || o.layers().len() > 1)).then_some(whole)
 }
@@ -895,17 +896,20 @@ fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
     let spawned = std::thread::Builder::new().name("hbgw-compact".into()).spawn(move || {
         crate::background::lower_current_thread(crate::background::COMPACTION_NICE);
         let t = std::time::Instant::now();
-        let built = if whole { overlay.compacted() } else { overlay.layers_compacted() };
+        let built = if whole { overlay.compacted().map(Ok) } else { overlay.layers_compacted().map(Err) };
         match built {
             Ok(built) => {
                 let mut s = lock(&c.synced);
-                let installed = if whole { s.install_compacted(generation, built) } else { s.install_folded_layers(generation, built) };
+                let installed = match built {
+                    Ok(base) => s.install_compacted(generation, base),
+                    Err(merged) => s.install_folded_layers(generation, merged),
+                };
                 match installed {
                     Some(o) => {
                         c.state.set_overlay(o.clone());
                         crate::background::free_retired(&c.state);
                         if whole {
-                            tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.len(), t.elapsed());
+                            tracing::info!("indicators compacted: {} in one base set, built in {:?}", o.base().len(), t.elapsed());
                         } else {
                             tracing::info!(
                                 "indicator layers folded: {} in one layer over a base of {}, built in {:?}",
@@ -1417,12 +1421,12 @@ mod tests {
     }
 
     /// The layers are folded into one while they are small next to the
-    /// base (records and hidden records counted), into a new base past
+    /// base (the audit IDs they touched counted), into a new base past
     /// that or when Central is quiet, and not at all while one small layer
     /// or few changes are all there is.
     #[test]
     fn layers_fold_into_one_while_small_and_into_a_base_past_that() {
-        use hbgw_shared::indicator_overlay::Hides;
+        use hbgw_shared::indicator_overlay::TouchedIds;
         use hbgw_shared::indicators::{IndicatorSet, IndicatorSetBuilder, ThreatFeedSettings};
         let set = |from: u32, n: u32| {
             let mut b = IndicatorSetBuilder::new();
@@ -1431,22 +1435,25 @@ mod tests {
             }
             b.build(&ThreatFeedSettings::default())
         };
+        let touched = |from: u32, n: u32| {
+            let mut t = TouchedIds::default();
+            for i in from..from + n {
+                t.insert(&format!("A{i}")).unwrap();
+            }
+            t
+        };
         let base = IndicatorOverlay::from_set(set(0, 1000));
         assert_eq!(compaction_due(&base, 50_000, true), None, "no layers: nothing to fold");
-        let one = base.push_layer(set(1000, 100), Hides::new(), 0).unwrap();
+        let one = base.push_layer(set(1000, 100), touched(1000, 100), 0).unwrap();
         assert_eq!(compaction_due(&one, 50_000, false), None, "one small layer stays");
         assert_eq!(compaction_due(&one, 50_000, true), Some(true), "Central quiet: a new base");
-        let two = one.push_layer(set(1100, 100), Hides::new(), 0).unwrap();
+        let two = one.push_layer(set(1100, 100), touched(1100, 100), 0).unwrap();
         assert_eq!(compaction_due(&two, COMPACT_AFTER - 1, false), None, "few changes");
         assert_eq!(compaction_due(&two, COMPACT_AFTER, false), Some(false), "small: into one layer");
-        let big = two.push_layer(set(1200, 100), Hides::new(), 0).unwrap();
+        let big = two.push_layer(set(1200, 100), touched(1200, 100), 0).unwrap();
         assert_eq!(compaction_due(&big, COMPACT_AFTER, false), Some(true), "300 of 1000: a new base");
-        let mut hides = Hides::new();
-        for r in 0..200 {
-            hides.insert(0, r);
-        }
-        let removed = one.push_layer(IndicatorSet::empty(), hides, 0).unwrap();
-        assert_eq!(compaction_due(&removed, COMPACT_AFTER, false), Some(true), "100 + 200 hidden of 1000: a new base");
+        let removed = one.push_layer(IndicatorSet::empty(), touched(0, 200), 0).unwrap();
+        assert_eq!(compaction_due(&removed, COMPACT_AFTER, false), Some(true), "100 + 200 removed of 1000: a new base");
     }
 
     /// The journal folded from the files: the fold's state file loads as

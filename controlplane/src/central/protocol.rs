@@ -10,7 +10,7 @@
 
 use crate::heartbeat::CertFingerprint;
 use super::held_map::HeldMap;
-use hbgw_shared::indicator_overlay::{Hides, IndicatorOverlay};
+use hbgw_shared::indicator_overlay::{FoldedLayers, IndicatorOverlay, TouchedIds};
 use hbgw_shared::indicators::{
     ExclusionSet, IndicatorKind, IndicatorSet, IndicatorSetBuilder, ThreatExclusion, ThreatFeedSettings,
 };
@@ -18,7 +18,6 @@ use hbgw_shared::policy::{CompiledPolicy, Policy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -474,10 +473,6 @@ pub struct HeldIndicator {
     pub kind: IndicatorKind,
     /// Its feed (interned).
     pub feed: Arc<str>,
-    /// The [`IndicatorBook`]'s number of the change that set it (0: it came
-    /// in a snapshot): above the book's base mark, its record in force is
-    /// in a layer, not in the base.
-    pub changed: u64,
 }
 
 /// A pinned certificate as the gateway keeps it.
@@ -493,25 +488,23 @@ pub struct HeldCert {
 
 /// The compiled indicators in force and what it takes to change them
 /// without rebuilding the base: the overlay last published (the base set,
-/// built from the whole model, and a layer per update since), and the
-/// numbering of changes to indicators: each added or removed audit ID
-/// takes the next number ([`HeldIndicator::changed`] keeps it), and those
-/// numbered after `base_seq` were changed since the base was built (their
-/// record in force is in a layer, not in the base). No map of audit IDs
-/// is kept for it: recording a 100k batch in one cost ~15 ms.
+/// built from the whole model, and a layer per update since, each naming
+/// the audit IDs it touched: see `indicator_overlay`), and a count of the
+/// changes to indicators (each added or removed audit ID counts one),
+/// since the base was built too. Nothing is looked up in the model to
+/// publish a change: a layer supersedes whatever its audit IDs were.
 #[derive(Debug, Clone, Default)]
 pub struct IndicatorBook {
     overlay: IndicatorOverlay,
-    /// The number of the last change to an indicator.
+    /// Changes to indicators so far.
     seq: u64,
-    /// The number of the last change the base holds.
+    /// Changes to indicators the base holds.
     base_seq: u64,
     /// Bumped by every change.
     generation: u64,
     /// Set when a compaction starts ([`IndicatorBook::mark`]): the generation
-    /// and touch order it folds, and the indicator each audit ID touched
-    /// since had before (`None`: absent), so that the compaction can be
-    /// installed under the changes that came in meanwhile.
+    /// and changes it folds, so that it can be installed under the layers
+    /// of the changes that came in meanwhile.
     mark: Option<CompactionMark>,
 }
 
@@ -521,7 +514,6 @@ struct CompactionMark {
     seq: u64,
     /// The layers the compaction folds (the oldest; no update merges into them).
     layers: usize,
-    before: FxHashMap<Box<str>, Option<HeldIndicator>>,
 }
 
 /// The audit IDs `changes` touch, in order, with the indicator each has after.
@@ -548,7 +540,6 @@ impl IndicatorBook {
             generation: self.generation,
             seq: self.seq,
             layers: self.overlay.layers().len(),
-            before: FxHashMap::default(),
         });
         self.generation
     }
@@ -663,7 +654,7 @@ impl FeedNames {
     /// Checks an indicator's value and audit ID, and its feed name.
     fn check(&mut self, value: &str, audit_id: &str, feed: &str) -> Result<HeldIndicator, UpdateError> {
         let feed = self.get(feed)?;
-        Ok(HeldIndicator { kind: check_value_and_audit_id(value, audit_id)?, feed, changed: 0 })
+        Ok(HeldIndicator { kind: check_value_and_audit_id(value, audit_id)?, feed })
     }
 }
 
@@ -741,6 +732,11 @@ impl SyncedState {
         })
     }
 
+    /// Indicators in force: Central's (one per audit ID) and third-party feeds'.
+    pub fn indicator_count(&self) -> usize {
+        self.indicators.len() + self.third_party.values().map(Vec::len).sum::<usize>()
+    }
+
     /// Compiles the policy in force (`None`: no policy from Central yet).
     pub fn compiled_policy(&self) -> Result<Option<(Policy, CompiledPolicy)>, UpdateError> {
         self.policy.as_deref().map(check_policy).transpose()
@@ -765,9 +761,10 @@ impl SyncedState {
 
     /// Makes `built` the new base: `built` is `book.overlay().compacted()`
     /// of the book [`IndicatorBook::mark`]ed at `generation`. The layers of
-    /// the changes that came in since stay as they are, on top of it (the
-    /// records of `built` those changes replaced or removed hidden): nothing
-    /// is recompiled. `None` when the book was replaced since (a snapshot or
+    /// the changes that came in since stay as they are, on top of it (nothing
+    /// is recompiled, and they supersede
+    /// what they replaced or removed of it as they did in the levels it
+    /// folds). `None` when the book was replaced since (a snapshot or
     /// a rebuild): `built` is stale. Returns the overlay to publish.
     pub fn install_compacted(&mut self, generation: u64, built: IndicatorSet) -> Option<&IndicatorOverlay> {
         if self.book.generation == generation {
@@ -777,16 +774,7 @@ impl SyncedState {
             return Some(&self.book.overlay);
         }
         let mark = self.book.mark.take().filter(|m| m.generation == generation)?;
-        let mut hides = Hides::new();
-        for (audit, before) in &mark.before {
-            if let Some(old) = before {
-                let h = &hides;
-                if let Some(rec) = built.find_record(&old.kind, audit, &old.feed, |r| !h.contains(0, r)) {
-                    hides.insert(0, rec);
-                }
-            }
-        }
-        self.book.overlay = self.book.overlay.rebase(built, hides, mark.layers);
+        self.book.overlay = self.book.overlay.rebase(built, mark.layers);
         self.book.base_seq = mark.seq;
         self.book.generation += 1;
         Some(&self.book.overlay)
@@ -795,25 +783,14 @@ impl SyncedState {
     /// Makes `merged` the one layer over the base in place of the layers
     /// it folds: `merged` is `book.overlay().layers_compacted()` of the
     /// book [`IndicatorBook::mark`]ed at `generation`. The base stays; the
-    /// layers of the changes that came in since stay above `merged` (the
-    /// records of `merged` those changes replaced or removed hidden).
+    /// layers of the changes that came in since stay above `merged`,
+    /// superseding what they replaced or removed of it.
     /// `None` when the book was replaced since (a snapshot or a rebuild)
     /// or a full compaction was marked after it: `merged` is stale.
     /// Returns the overlay to publish.
-    pub fn install_folded_layers(&mut self, generation: u64, merged: IndicatorSet) -> Option<&IndicatorOverlay> {
+    pub fn install_folded_layers(&mut self, generation: u64, merged: FoldedLayers) -> Option<&IndicatorOverlay> {
         let mark = self.book.mark.take().filter(|m| m.generation == generation)?;
-        let mut hides = Hides::new();
-        for (audit, before) in &mark.before {
-            // Only what was in the folded layers is in `merged`: what was
-            // in the base is hidden there by the change that came since.
-            if let Some(old) = before.as_ref().filter(|o| o.changed > self.book.base_seq) {
-                let h = &hides;
-                if let Some(rec) = merged.find_record(&old.kind, audit, &old.feed, |r| !h.contains(1, r)) {
-                    hides.insert(1, rec);
-                }
-            }
-        }
-        self.book.overlay = self.book.overlay.fold_layers(merged, hides, mark.layers);
+        self.book.overlay = self.book.overlay.fold_layers(merged, mark.layers);
         self.book.generation += 1;
         Some(&self.book.overlay)
     }
@@ -821,9 +798,10 @@ impl SyncedState {
     /// The overlay after `changes` (validated, in order) touched the
     /// indicators, with new `settings` or `exclusions` if given: the
     /// current one with one more layer holding only what `changes` leave in
-    /// force (compiled here), hiding the records they replace or remove.
-    /// Copies nothing of the book: what the changes touch is recorded in the
-    /// book at commit ([`IndicatorBook::record`]).
+    /// force (compiled here) and the audit IDs they touch (which supersede
+    /// whatever those were below). Nothing is looked up in the model but
+    /// when the update may take the indicators over `limit`. Copies nothing
+    /// of the book: [`SyncedState::commit`] moves the changes into the model.
     fn incremental(
         &self,
         changes: &[ValidChange],
@@ -840,77 +818,60 @@ impl SyncedState {
         if let Some(x) = exclusions {
             o = o.with_exclusion_set(Arc::new(ExclusionSet::compile(&check_exclusions(x)?).map_err(|e| bad(e.to_string()))?));
         }
-        let mut hides = Hides::new();
-        // The audit IDs in a flat list first, then their indicators in the
-        // model in a loop of lookups alone, in the order of their places in
-        // the model's table (`HeldMap::get_batch`): the lookups miss the
-        // cache, and only a tight loop overlaps them (4x faster than looking
-        // up inside the iteration over the changes), sweeping the table
-        // nearly in order (another ~35% less: perf/RESULTS.md).
-        let touched: Vec<(&str, Option<&HeldIndicator>)> = touches(changes).collect();
-        if touched.is_empty() {
+        let touches: Vec<(&str, Option<&HeldIndicator>)> = touches(changes).collect();
+        if touches.is_empty() {
             return Ok(o);
         }
-        let keys: Vec<&str> = touched.iter().map(|&(audit, _)| audit).collect();
-        let olds = self.indicators.get_batch(&keys);
-        drop(keys);
-        // Where each audit ID is touched last in this update: that touch
-        // says what is in force after it.
-        let mut mine: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(touched.len(), Default::default());
-        let mut last = vec![true; touched.len()];
-        for (i, (&(audit, _), old)) in touched.iter().zip(&olds).enumerate() {
-            match mine.entry(audit) {
-                std::collections::hash_map::Entry::Occupied(mut m) => {
-                    last[*m.get()] = false;
-                    *m.get_mut() = i;
-                    continue;
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(i);
-                }
-            }
-            // First touch in this update: hide the record in force, in the
-            // base if untouched since it was built, else in the newest
-            // layer that has it.
-            if let Some(old) = old {
-                let found = if old.changed > book.base_seq {
-                    (1..=o.layers().len()).rev().find_map(|level| {
-                        let h = &hides;
-                        let rec = o.level(level).find_record(&old.kind, audit, &old.feed, |r| !o.hidden(level, r) && !h.contains(level, r))?;
-                        Some((level, rec))
-                    })
-                } else {
-                    let h = &hides;
-                    o.base().find_record(&old.kind, audit, &old.feed, |r| !o.hidden(0, r) && !h.contains(0, r)).map(|r| (0, r))
-                };
-                if let Some((level, rec)) = found {
-                    hides.insert(level, rec);
-                }
+        // Each audit ID once, and where it is touched last in this update:
+        // that touch says what is in force after it.
+        let bytes = touches.iter().map(|(a, _)| a.len()).sum();
+        let mut touched = TouchedIds::with_capacity(touches.len(), bytes);
+        let mut last_at: Vec<usize> = Vec::with_capacity(touches.len());
+        for (i, &(audit, _)) in touches.iter().enumerate() {
+            match touched.insert(audit).map_err(|e| bad(e.to_string()))? {
+                (_, true) => last_at.push(i),
+                (n, false) => last_at[n] = i,
             }
         }
-        let t_hides = t0.elapsed();
-        // The last touches, in order: (audit ID, in force after, whether the model had it).
-        let lasts = || touched.iter().zip(&olds).zip(&last).filter(|(_, &l)| l).map(|((&(a, now), old), _)| (a, now, old.is_some()));
-        let new = lasts().filter(|(_, now, had)| now.is_some() && !had).count();
-        let gone = lasts().filter(|(_, now, had)| now.is_none() && *had).count();
-        let count = self.indicators.len() + new - gone;
-        if count > limit {
-            return Err(bad(format!(
-                "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
-            )));
+        let mut last = vec![false; touches.len()];
+        for &i in &last_at {
+            last[i] = true;
         }
-        let live: Vec<(&str, &HeldIndicator)> = lasts().filter_map(|(a, now, _)| Some((a, now?))).collect();
-        let mut b = IndicatorSetBuilder::with_capacity(live.len());
-        for (audit, h) in live {
-            b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
+        drop(last_at);
+        let t_touched = t0.elapsed();
+        // The last touches, in order: (audit ID, in force after).
+        let lasts = || touches.iter().zip(&last).filter(|(_, &l)| l).map(|(&t, _)| t);
+        // At most every added audit ID is new; only when that would cross
+        // the limit are they looked up, to count exactly.
+        let added = lasts().filter(|(_, now)| now.is_some()).count();
+        if self.indicators.len() + added > limit {
+            let keys: Vec<&str> = lasts().map(|(a, _)| a).collect();
+            let olds = self.indicators.get_batch(&keys);
+            let (mut new, mut gone) = (0, 0);
+            for ((_, now), old) in lasts().zip(&olds) {
+                new += usize::from(now.is_some() && old.is_none());
+                gone += usize::from(now.is_none() && old.is_some());
+            }
+            let count = self.indicators.len() + new - gone;
+            if count > limit {
+                return Err(bad(format!(
+                    "update would hold {count} indicators, over this gateway's limit of {limit}: raise [central] max_indicators or trim the feeds"
+                )));
+            }
+        }
+        let mut b = IndicatorSetBuilder::with_capacity(added);
+        for (audit, now) in lasts() {
+            if let Some(h) = now {
+                b.add_parts(&h.kind, audit, &h.feed).map_err(|e| bad(e.to_string()))?;
+            }
         }
         let set = b.build(o.settings());
         let t_compiled = t0.elapsed();
         let frozen = book.mark.as_ref().map_or(0, |m| m.layers);
-        let next = o.push_layer(set, hides, frozen).map_err(|e| bad(e.to_string()))?;
+        let distinct = touched.len();
+        let next = o.push_layer(set, touched, frozen).map_err(|e| bad(e.to_string()))?;
         tracing::debug!(
-            "indicator layer: {} touched, hides found at {t_hides:?}, compiled at {t_compiled:?}, pushed at {:?} ({} layers, top {} records)",
-            mine.len(),
+            "indicator layer: {distinct} touched, listed at {t_touched:?}, compiled at {t_compiled:?}, pushed at {:?} ({} layers, top {} records)",
             t0.elapsed(),
             next.layers().len(),
             next.layers().last().map_or(0, |l| l.set().len())
@@ -1066,30 +1027,14 @@ impl SyncedState {
             Pending::Whole(s) => *self = *s,
             Pending::Changes(changes, book) => {
                 if let Some(o) = book {
-                    if let Some(mark) = self.book.mark.as_mut() {
-                        // What the compaction's base holds of each audit ID
-                        // touched since the mark (to be hidden under this
-                        // change when it lands). Absent ones need no entry:
-                        // a later touch of one finds nothing in the base.
-                        for (audit, _) in touches(&changes) {
-                            if let Some(old) = self.indicators.get(audit) {
-                                if !mark.before.contains_key(audit) {
-                                    mark.before.insert(Box::from(audit), Some(old.clone()));
-                                }
-                            }
-                        }
-                    }
                     self.book.overlay = o;
                     self.book.generation += 1;
                 }
                 let book = &mut self.book;
                 for c in changes {
                     match c {
-                        ValidChange::Add(mut batch) => {
-                            for (_, h) in &mut batch {
-                                book.seq += 1;
-                                h.changed = book.seq;
-                            }
+                        ValidChange::Add(batch) => {
+                            book.seq += batch.len() as u64;
                             self.indicators.insert_batch(batch);
                         }
                         ValidChange::Remove(ids) => {
@@ -1131,9 +1076,11 @@ fn build_set<'a>(
     for (kind, audit, feed) in central {
         b.add_parts(kind, audit, feed).map_err(|e| bad(e.to_string()))?;
     }
+    // A third-party feed's audit IDs are not Central's: no change from
+    // Central supersedes its indicators (see `indicator_overlay`).
     for (feed, list) in third_party {
         for (kind, audit) in list {
-            b.add_parts(kind, audit, feed).map_err(|e| bad(e.to_string()))?;
+            b.add_fixed_parts(kind, audit, feed).map_err(|e| bad(e.to_string()))?;
         }
     }
     let ex = check_exclusions(exclusions)?;
@@ -1178,11 +1125,16 @@ mod tests {
         assert_eq!(again.len(), 1);
     }
 
-    /// Updates applied incrementally (base + delta + tombstones, compacted
-    /// now and then) answer every lookup like the set rebuilt from the model.
+    /// Updates applied incrementally (a base and layers superseding what
+    /// they touch, compacted now and then) answer every lookup like the set
+    /// rebuilt from the model; a third-party feed whose audit IDs are also
+    /// Central's stays in force.
     #[test]
     fn incremental_updates_match_a_full_rebuild() {
         let mut s = SyncedState::default();
+        // No value Central's changes use (no ties), audit IDs they do.
+        s.third_party.insert("tp".into(), vec![("10.0.1.0/24".parse().unwrap(), "A3".into()), ("evil1.example".parse().unwrap(), "A7".into())]);
+        s.rebuild().unwrap();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = move |n: u64| {
             rng ^= rng << 13;
@@ -1251,21 +1203,21 @@ mod tests {
             }
             if round % 13 == 6 {
                 // A compaction outrun by this update: installed under it.
-                pending = Some((s.book.mark(), s.book.overlay().compacted().unwrap(), true, round));
+                pending = Some((s.book.mark(), Ok(s.book.overlay().compacted().unwrap()), round));
             } else if round % 11 == 4 {
                 // A fold of the layers alone, outrun by the next three
                 // updates (which may touch an audit ID twice).
-                pending = Some((s.book.mark(), s.book.overlay().layers_compacted().unwrap(), false, round));
-            } else if let Some((g, built, whole, at)) = pending.take() {
+                pending = Some((s.book.mark(), Err(s.book.overlay().layers_compacted().unwrap()), round));
+            } else if let Some((g, built, at)) = pending.take() {
                 let base = s.book.overlay().base().len();
-                if !whole && round < at + 4 {
-                    pending = Some((g, built, whole, at));
-                } else if whole {
-                    assert!(s.install_compacted(g, built).is_some(), "round {round}");
-                } else {
-                    assert!(s.install_folded_layers(g, built).is_some(), "round {round}");
-                    assert_eq!(s.book.overlay().base().len(), base, "round {round}: the base stays");
-                    folded += 1;
+                match built {
+                    Err(merged) if round < at + 4 => pending = Some((g, Err(merged), at)),
+                    Ok(built) => assert!(s.install_compacted(g, built).is_some(), "round {round}"),
+                    Err(merged) => {
+                        assert!(s.install_folded_layers(g, merged).is_some(), "round {round}");
+                        assert_eq!(s.book.overlay().base().len(), base, "round {round}: the base stays");
+                        folded += 1;
+                    }
                 }
             }
             if round % 7 == 3 && pending.is_none() && !s.book.overlay().layers().is_empty() {
@@ -1285,7 +1237,8 @@ mod tests {
                 hbgw_shared::indicators::IndicatorMatch::Hit(h) => Some((h.audit_id.to_owned(), h.action, false)),
                 hbgw_shared::indicators::IndicatorMatch::Excluded(h) => Some((h.audit_id.to_owned(), h.action, true)),
             };
-            assert_eq!(o.len(), full.len(), "round {round}");
+            assert_eq!(o.compacted().unwrap().len(), full.len(), "round {round}");
+            assert_eq!(s.indicator_count(), full.len(), "round {round}");
             for q in &queries_ip {
                 assert_eq!(sum(o.match_ip(*q)), sum(full.match_ip(*q)), "round {round}: {q}");
             }
@@ -1328,6 +1281,30 @@ mod tests {
         assert_eq!(s.indicators.len(), 1);
         let too_many = delta(1, vec![Change::IndicatorsAdd { indicators: (0..20).map(|i| ind(&format!("10.0.0.{i}"), &format!("B{i}"))).collect() }]);
         assert!(s.prepare(&too_many, 10).unwrap_err().to_string().contains("limit of 10"));
+    }
+
+    /// The limit counts what an update leaves in force: replacing held
+    /// audit IDs, or removing one for a new one, fits a full gateway; a
+    /// new one more does not (an audit ID touched twice counts once).
+    #[test]
+    fn the_limit_counts_what_is_in_force_after() {
+        let mut s = SyncedState::default();
+        let held = (1..=3).map(|i| ind(&format!("10.0.0.{i}"), &format!("A{i}"))).collect();
+        s.commit(s.prepare(&delta(0, vec![Change::IndicatorsAdd { indicators: held }]), 3).unwrap());
+        let replace = delta(1, vec![Change::IndicatorsAdd { indicators: vec![ind("10.0.1.1", "A1"), ind("10.0.1.2", "A2"), ind("10.0.1.9", "A2")] }]);
+        s.commit(s.prepare(&replace, 3).expect("replacing fits"));
+        let swap = delta(2, vec![
+            Change::IndicatorsRemove { audit_ids: vec!["A3".into()] },
+            Change::IndicatorsAdd { indicators: vec![ind("10.0.2.1", "B1"), ind("10.0.2.2", "B1")] },
+        ]);
+        s.commit(s.prepare(&swap, 3).expect("one out, one in fits"));
+        assert_eq!(s.indicators.len(), 3);
+        let more = delta(4, vec![Change::IndicatorsAdd { indicators: vec![ind("10.0.1.1", "A1"), ind("10.0.3.1", "B2")] }]);
+        let err = s.prepare(&more, 3).unwrap_err().to_string();
+        assert!(err.contains("would hold 4 indicators, over this gateway's limit of 3"), "{err}");
+        let o = s.book.overlay();
+        assert!(o.match_ip("10.0.2.2".parse().unwrap()).drops() && !o.match_ip("10.0.2.1".parse().unwrap()).drops());
+        assert!(o.match_ip("10.0.1.9".parse().unwrap()).drops() && !o.match_ip("10.0.0.3".parse().unwrap()).drops());
     }
 
     #[test]
