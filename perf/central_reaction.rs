@@ -381,6 +381,11 @@ fn main() {
         let each: Vec<String> = lat_ms.iter().map(|v| format!("{v:.0}")).collect();
         println!("posted -> first drop by round (ms): {}", each.join(" "));
     }
+    // The last round's commit (after its drop was seen) before counting.
+    let t_end = Instant::now();
+    while held_now() < (held + rounds * batch) as u64 && t_end.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut sorted = lat_ms.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     println!(

@@ -91,6 +91,9 @@ impl FromStr for IndicatorKind {
     /// else a domain.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
+        if let Some(a) = canonical_ipv4(t.as_bytes()) {
+            return Ok(IndicatorKind::Ipv4(a));
+        }
         if let Ok(ip) = t.parse::<IpAddr>() {
             return Ok(match ip {
                 IpAddr::V4(a) => IndicatorKind::Ipv4(a),
@@ -277,6 +280,41 @@ type Problem = (&'static str, &'static str);
 
 /// An address, a slash and something that is no prefix length: a bad CIDR,
 /// not a URL.
+/// An IPv4 address in dotted-quad form (four decimal octets of one to
+/// three digits, no leading zero, none over 255: what feeds carry), read
+/// without the general parser (a fifth of a 100k batch's validation went
+/// there); `None` for anything else, which the general parser then
+/// decides. Accepts nothing `Ipv4Addr::from_str` refuses, with the same
+/// value (a property test holds it to that).
+#[inline]
+fn canonical_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    if !(7..=15).contains(&s.len()) {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if s.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut v = 0u32;
+        while i < s.len() && i - start < 3 && s[i].is_ascii_digit() {
+            v = v * 10 + u32::from(s[i] - b'0');
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || (digits > 1 && s[start] == b'0') || v > 255 {
+            return None;
+        }
+        *octet = v as u8;
+    }
+    (i == s.len()).then(|| Ipv4Addr::from(octets))
+}
+
 fn check_cidr_like(t: &str) -> Result<(), Problem> {
     match t.split_once('/') {
         Some((addr, _)) if !t.contains("://") && addr.parse::<IpAddr>().is_ok() => {
@@ -1420,6 +1458,31 @@ impl IndicatorSet {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// The dotted-quad fast path accepts nothing the standard parser
+        /// refuses, with the same value; and every address in that form.
+        #[test]
+        fn canonical_ipv4_agrees_with_the_standard_parser(
+            junk in "[0-9.]{0,16}|[0-9a-f.:/ +-]{0,18}",
+            a in any::<u32>(),
+            zeros in prop::collection::vec(0usize..2, 4),
+        ) {
+            if let Some(fast) = canonical_ipv4(junk.as_bytes()) {
+                prop_assert_eq!(junk.parse::<Ipv4Addr>().ok(), Some(fast), "{:?}", junk);
+            }
+            let ip = Ipv4Addr::from(a);
+            prop_assert_eq!(canonical_ipv4(ip.to_string().as_bytes()), Some(ip));
+            // Leading zeros: left to the standard parser.
+            let padded: Vec<String> = ip.octets().iter().zip(&zeros).map(|(o, &z)| format!("{}{o}", "0".repeat(z))).collect();
+            let padded = padded.join(".");
+            if let Some(fast) = canonical_ipv4(padded.as_bytes()) {
+                prop_assert_eq!(padded.parse::<Ipv4Addr>().ok(), Some(fast), "{:?}", padded);
+            }
+        }
+    }
 
     fn ind(value: &str, audit: &str, feed: &str) -> ThreatIndicator {
         ThreatIndicator { kind: value.parse().unwrap(), audit_id: audit.into(), feed: feed.to_owned() }

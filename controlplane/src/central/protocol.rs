@@ -282,13 +282,16 @@ pub fn check_indicator_parts(value: &str, audit_id: &str, feed: &str) -> Result<
     check_value_and_audit_id(value, audit_id)
 }
 
-/// Whether `s` holds a control character (ASCII text, the usual case, is
-/// checked a byte at a time without decoding characters).
+/// Whether `s` holds a control character. ASCII text, the usual case, is
+/// checked in one pass over its bytes without an early exit (so that it
+/// compiles to vector compares), characters decoded only if a byte is not
+/// ASCII.
 fn has_control(s: &str) -> bool {
-    if s.is_ascii() {
-        s.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
+    let (control, wide) = s.bytes().fold((false, false), |(c, w), b| (c | (b < 0x20) | (b == 0x7f), w | (b >= 0x80)));
+    if wide {
         s.chars().any(char::is_control)
+    } else {
+        control
     }
 }
 
@@ -356,16 +359,14 @@ impl IndicatorLines {
     pub fn split(text: &str) -> impl Iterator<Item = Result<(&str, &str, &str), UpdateError>> + '_ {
         let body = text.strip_suffix('\n');
         let unterminated = !text.is_empty() && body.is_none();
-        body.into_iter().flat_map(|b| b.split('\n')).enumerate().map(|(n, line)| {
-            let mut f = line.splitn(3, '\t');
-            match (f.next(), f.next(), f.next()) {
-                (Some(v), Some(a), Some(feed)) if !feed.contains('\t') => Ok((v, a, feed)),
-                _ => Err(bad(format!(
+        LineFields { body: body.unwrap_or_default(), at: if body.is_some() { 0 } else { usize::MAX } }.enumerate().map(|(n, f)| {
+            f.map_err(|line| {
+                bad(format!(
                     "indicator line {}: {:?} is not VALUE<tab>AUDIT_ID<tab>FEED: resend the batch",
                     n + 1,
                     line.chars().take(80).collect::<String>()
-                ))),
-            }
+                ))
+            })
         })
         .chain(unterminated.then(|| Err(bad("indicator lines do not end with a newline: the batch was cut short; resend it"))))
     }
@@ -380,6 +381,52 @@ impl IndicatorLines {
         Self::split(&self.0)
             .map(|r| r.map(|(v, a, f)| WireIndicator { value: v.to_owned(), audit_id: a.to_owned(), feed: f.to_owned() }))
             .collect()
+    }
+}
+
+/// The lines of a body (its last `\n` taken off) split at their two tabs,
+/// in one pass over each line's bytes (`str::split` and `splitn` made a
+/// seventh of a 100k batch's validation); a line without exactly two tabs
+/// is returned whole as the error.
+struct LineFields<'t> {
+    body: &'t str,
+    /// Where the next line starts (`usize::MAX`: done).
+    at: usize,
+}
+
+impl<'t> Iterator for LineFields<'t> {
+    type Item = Result<(&'t str, &'t str, &'t str), &'t str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = self.at;
+        let bytes = self.body.as_bytes();
+        if start > bytes.len() {
+            return None;
+        }
+        let mut tabs = [start; 2];
+        let mut n = 0;
+        let mut end = start;
+        while end < bytes.len() {
+            match bytes[end] {
+                b'\n' => break,
+                b'\t' => {
+                    if n < 2 {
+                        tabs[n] = end;
+                    }
+                    n += 1;
+                }
+                _ => {}
+            }
+            end += 1;
+        }
+        self.at = if end < bytes.len() { end + 1 } else { usize::MAX };
+        // Tabs and newlines are ASCII: these are character boundaries.
+        let line = &self.body[start..end];
+        Some(if n == 2 {
+            Ok((&self.body[start..tabs[0]], &self.body[tabs[0] + 1..tabs[1]], &self.body[tabs[1] + 1..end]))
+        } else {
+            Err(line)
+        })
     }
 }
 
@@ -1091,6 +1138,44 @@ fn build_set<'a>(
 mod tests {
     use super::*;
     use hbgw_shared::indicators::FeedAction;
+    use proptest::prelude::*;
+
+    /// `IndicatorLines::split` as `str::split` and `splitn` say it.
+    fn split_by_std(text: &str) -> Vec<Result<(&str, &str, &str), String>> {
+        let body = text.strip_suffix('\n');
+        let mut out: Vec<_> = body
+            .into_iter()
+            .flat_map(|b| b.split('\n'))
+            .map(|line| {
+                let mut f = line.splitn(3, '\t');
+                match (f.next(), f.next(), f.next()) {
+                    (Some(v), Some(a), Some(feed)) if !feed.contains('\t') => Ok((v, a, feed)),
+                    _ => Err(format!("{:?}", line.chars().take(80).collect::<String>())),
+                }
+            })
+            .collect();
+        if !text.is_empty() && body.is_none() {
+            out.push(Err("unterminated".into()));
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The hand-written split yields the same fields and the same
+        /// malformed lines, in the same order, as the standard library's.
+        #[test]
+        fn lines_split_like_the_standard_library(text in "[a\t\né]{0,24}") {
+            let ours: Vec<_> = IndicatorLines::split(&text)
+                .map(|r| r.map_err(|e| {
+                    let e = e.to_string();
+                    if e.contains("do not end with a newline") { "unterminated".to_owned() } else { e.split(": ").nth(1).unwrap_or_default().split(" is not").next().unwrap_or_default().to_owned() }
+                }))
+                .collect();
+            prop_assert_eq!(ours, split_by_std(&text));
+        }
+    }
 
     fn ind(v: &str, a: &str) -> WireIndicator {
         WireIndicator { value: v.into(), audit_id: a.into(), feed: "mdr".into() }
