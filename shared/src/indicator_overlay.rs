@@ -135,7 +135,15 @@ impl TouchedIds {
 
     #[inline]
     fn contains_hashed(&self, hash: u64, id: &str) -> bool {
-        !self.is_empty() && self.table.find(hash, |&i| self.get(i as usize) == id).is_some()
+        self.find_hashed(hash, id).is_some()
+    }
+
+    #[inline]
+    fn find_hashed(&self, hash: u64, id: &str) -> Option<usize> {
+        if self.is_empty() {
+            return None;
+        }
+        self.table.find(hash, |&i| self.get(i as usize) == id).map(|&i| i as usize)
     }
 
     /// The union of `parts`, in order.
@@ -148,6 +156,38 @@ impl TouchedIds {
             }
         }
         Ok(all)
+    }
+}
+
+/// Every audit ID an overlay's layers touched, with the newest level that
+/// touched it: what a compaction asks of each record (one probe, where
+/// [`IndicatorOverlay::superseded`] probes every layer above the record).
+struct NewestTouch {
+    ids: TouchedIds,
+    /// By ID number: the newest level that touched it.
+    level: Vec<u32>,
+}
+
+impl NewestTouch {
+    fn of(layers: &[Layer]) -> Result<Self, IndicatorError> {
+        let (n, bytes) = layers.iter().fold((0, 0), |(n, b), l| (n + l.touched.len(), b + l.touched.text.len()));
+        let mut ids = TouchedIds::with_capacity(n, bytes);
+        let mut level = Vec::with_capacity(n);
+        // Newest first: an ID's first insertion is its newest level.
+        for (i, l) in layers.iter().enumerate().rev() {
+            for id in l.touched.iter() {
+                if ids.insert(id)?.1 {
+                    level.push(index(i + 1));
+                }
+            }
+        }
+        Ok(NewestTouch { ids, level })
+    }
+
+    /// Whether record `rec` of `set`, at `level`, is superseded.
+    fn supersedes(&self, set: &IndicatorSet, level: usize, rec: u32) -> bool {
+        let Some((h, id)) = set.supersedable_audit_id(rec) else { return false };
+        self.ids.find_hashed(TouchedIds::spread(h), id).is_some_and(|n| self.level[n] as usize > level)
     }
 }
 
@@ -259,44 +299,51 @@ impl IndicatorOverlay {
         self.layers.iter().map(|l| l.touched.len()).sum()
     }
 
-    fn layer_offset(&self) -> u32 {
-        index(self.records())
-    }
-
     /// This set with `set` on top as a new layer, superseding the records
     /// of this overlay's levels with an audit ID in `touched` (every audit
     /// ID the update touched: those of `set`'s records, which must be its
     /// only ones, and those it removed). When that would make more than
     /// [`MAX_LAYERS`] ([`MAX_LAYERS_COMPACTING`] while `frozen` > 0), the
-    /// new set is merged with the newest layers instead, never with the
-    /// `frozen` oldest ones (those a compaction under way folds: see
-    /// [`IndicatorOverlay::rebase`]); then there may be one more.
+    /// two adjacent layers that touched the fewest audit IDs together are
+    /// merged into one (again until there are no more), never one of the
+    /// `frozen` oldest (those a
+    /// compaction under way folds: see [`IndicatorOverlay::rebase`]); with
+    /// only the new one above those, there is one more. Merging the
+    /// smallest pair, not the newest layers, keeps each merge near the size
+    /// of an update: while a compaction cannot land, the newest layer would
+    /// otherwise grow by every update and be recompiled whole each time.
     pub fn push_layer(&self, set: IndicatorSet, touched: TouchedIds, frozen: usize) -> Result<IndicatorOverlay, IndicatorError> {
         let set = set.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
-        let n = self.layers.len();
         let cap = if frozen > 0 { MAX_LAYERS_COMPACTING } else { MAX_LAYERS };
-        let start = frozen.max(cap - 1);
         let mut layers: Vec<Layer> = self.layers.to_vec();
-        if n < cap || start >= n {
-            let offset = self.layer_offset();
-            layers.push(Layer { set, touched: Arc::new(touched), offset });
-            return Ok(IndicatorOverlay { base: self.base.clone(), layers: layers.into() });
+        layers.push(Layer { set, touched: Arc::new(touched), offset: 0 });
+        let first = frozen.min(layers.len());
+        while layers.len() > cap && layers.len() - first >= 2 {
+            let i = (first..layers.len() - 1)
+                .min_by_key(|&i| layers[i].touched.len() + layers[i + 1].touched.len())
+                .unwrap_or(first);
+            let merged = self.merged_pair(&layers[i], &layers[i + 1])?;
+            layers.splice(i..=i + 1, [merged]);
         }
-        // Merge layers[start..] and `set` (the top of the stack: nothing
-        // above them supersedes their records but themselves and `touched`).
-        let group = &self.layers[start..];
-        let mut b = IndicatorSetBuilder::with_capacity(group.iter().map(|l| l.set.len()).sum::<usize>() + set.len());
-        for (i, l) in group.iter().enumerate() {
-            let above = || group[i + 1..].iter().map(|h| &*h.touched).chain(std::iter::once(&touched));
-            l.set.add_records_to(&mut b, |r| !superseded_by(above(), &l.set, r))?;
+        let mut offset = self.base.len();
+        for l in &mut layers {
+            l.offset = index(offset);
+            offset += l.set.len();
         }
-        set.add_records_to(&mut b, |_| true)?;
-        let merged = TouchedIds::union(group.iter().map(|l| &*l.touched).chain(std::iter::once(&touched)))?;
-        let set = b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
-        let offset = group[0].offset;
-        layers.truncate(start);
-        layers.push(Layer { set, touched: Arc::new(merged), offset });
         Ok(IndicatorOverlay { base: self.base.clone(), layers: layers.into() })
+    }
+
+    /// Adjacent layers `lower` and `upper` as one: `lower`'s records that
+    /// `upper` does not supersede, then `upper`'s, superseding what either
+    /// touched (the layers above them supersede its records as they did
+    /// theirs).
+    fn merged_pair(&self, lower: &Layer, upper: &Layer) -> Result<Layer, IndicatorError> {
+        let mut b = IndicatorSetBuilder::with_capacity(lower.set.len() + upper.set.len());
+        lower.set.add_records_to(&mut b, |r| !superseded_by(std::iter::once(&*upper.touched), &lower.set, r))?;
+        upper.set.add_records_to(&mut b, |_| true)?;
+        let set = b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
+        let touched = TouchedIds::union([&*lower.touched, &*upper.touched])?;
+        Ok(Layer { set, touched: Arc::new(touched), offset: 0 })
     }
 
     /// `base` (the compaction of this overlay's base and `folded` oldest
@@ -322,12 +369,14 @@ impl IndicatorOverlay {
     /// [`IndicatorOverlay::fold_layers`]). Costs what the layers hold, not
     /// what the base does.
     pub fn layers_compacted(&self) -> Result<FoldedLayers, IndicatorError> {
+        let newest = NewestTouch::of(&self.layers)?;
         let mut b = IndicatorSetBuilder::with_capacity(self.layers.iter().map(|l| l.set.len()).sum());
         for level in 1..=self.layers.len() {
-            self.level(level).add_records_to(&mut b, |r| !self.superseded(level, r))?;
+            let set = self.level(level);
+            set.add_records_to(&mut b, |r| !newest.supersedes(set, level, r))?;
         }
         let set = b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
-        Ok(FoldedLayers { set, touched: TouchedIds::union(self.layers.iter().map(|l| &*l.touched))? })
+        Ok(FoldedLayers { set, touched: newest.ids })
     }
 
     /// `merged` (the [`IndicatorOverlay::layers_compacted`] of an overlay
@@ -352,9 +401,11 @@ impl IndicatorOverlay {
     /// millions of indicators: run it off the critical path). Fixed
     /// records stay fixed.
     pub fn compacted(&self) -> Result<IndicatorSet, IndicatorError> {
+        let newest = NewestTouch::of(&self.layers)?;
         let mut b = IndicatorSetBuilder::with_capacity(self.records());
         for level in 0..=self.layers.len() {
-            self.level(level).add_records_to(&mut b, |r| !self.superseded(level, r))?;
+            let set = self.level(level);
+            set.add_records_to(&mut b, |r| !newest.supersedes(set, level, r))?;
         }
         Ok(b.build(self.base.settings()).with_exclusion_set(self.base.exclusion_set()))
     }
@@ -614,6 +665,43 @@ mod tests {
         assert_eq!(feed(&IndicatorOverlay::from_set(folded.compacted().unwrap()), "198.51.100.7").as_deref(), Some("tp"));
     }
 
+    /// Past the cap the two adjacent layers that touched the fewest IDs
+    /// merge, never a frozen one; the answers stay those of the layers.
+    #[test]
+    fn the_smallest_pair_of_layers_merges_past_the_cap() {
+        let layer = |from: u32, n: u32| {
+            let inds: Vec<ThreatIndicator> = (from..from + n).map(|i| ind(&format!("10.0.{}.{}", i / 256, i % 256), &format!("A{i}"), "f")).collect();
+            (build(&inds, &[], &ThreatFeedSettings::default()), touched(inds.iter().map(|i| i.audit_id.0.as_str())))
+        };
+        let mut o = IndicatorOverlay::default();
+        for (from, n) in [(0, 40), (40, 30), (70, 20), (90, 10)] {
+            let (set, t) = layer(from, n);
+            o = o.push_layer(set, t, 0).unwrap();
+        }
+        let (set, t) = layer(100, 5);
+        let five = o.push_layer(set, t, 0).unwrap();
+        let sizes: Vec<usize> = five.layers().iter().map(|l| l.touched().len()).collect();
+        assert_eq!(sizes, [40, 30, 20, 15], "the newest two (10 + 5) merged");
+        // Two frozen: a merge among the rest only, and one more layer when
+        // only the new one is above them.
+        let (set, t) = layer(105, 1);
+        let frozen = o.push_layer(set, t, 4).unwrap();
+        assert_eq!(frozen.layers().len(), 5, "cap 8 while compacting");
+        let mut o = frozen;
+        for k in 0..4 {
+            let (set, t) = layer(106 + k, 1);
+            o = o.push_layer(set, t, 4).unwrap();
+        }
+        let sizes: Vec<usize> = o.layers().iter().map(|l| l.touched().len()).collect();
+        assert_eq!(sizes, [40, 30, 20, 10, 2, 1, 1, 1], "the lowest smallest pair above the frozen merged");
+        for i in [0, 39, 40, 105, 109] {
+            let q = format!("10.0.{}.{}", i / 256, i % 256).parse().unwrap();
+            assert_eq!(o.match_ip(q).hit().map(|h| h.audit_id.to_owned()), Some(format!("A{i}")));
+        }
+        let hit = o.match_ip("10.0.0.109".parse().unwrap()).hit().unwrap();
+        assert_eq!(hit.index, 104, "hits numbered after the records below (100, then 105-108)");
+    }
+
     fn summary(m: IndicatorMatch<'_>) -> Option<(String, String, FeedAction, bool)> {
         match m {
             IndicatorMatch::NoMatch => None,
@@ -773,6 +861,9 @@ mod tests {
     struct Mark {
         built: Built,
         folded: usize,
+        /// The folded layers' touched IDs (where they are: no merge may
+        /// touch those layers until the compaction is installed).
+        frozen: Vec<*const TouchedIds>,
     }
 
     impl Owner {
@@ -817,7 +908,8 @@ mod tests {
                             Op::Mark => Built::Base(self.o.compacted().unwrap()),
                             _ => Built::Layers(self.o.layers_compacted().unwrap()),
                         };
-                        self.mark = Some(Mark { built, folded: self.o.layers().len() });
+                        let frozen = self.o.layers().iter().map(|l| l.touched() as *const TouchedIds).collect();
+                        self.mark = Some(Mark { built, folded: self.o.layers().len(), frozen });
                     }
                 }
                 Op::Install => {
@@ -874,6 +966,10 @@ mod tests {
                 // under way and until the push after it lands.
                 let bound = if w.mark.is_some() || w.o.layers().len() > MAX_LAYERS { MAX_LAYERS_COMPACTING + 1 } else { MAX_LAYERS };
                 prop_assert!(w.o.layers().len() <= bound, "{} layers", w.o.layers().len());
+                if let Some(m) = &w.mark {
+                    let now: Vec<*const TouchedIds> = w.o.layers().iter().take(m.folded).map(|l| l.touched() as *const TouchedIds).collect();
+                    prop_assert_eq!(&now, &m.frozen, "a layer a compaction folds was merged");
+                }
                 let reference = w.reference(&excl, &settings);
                 let compacted = IndicatorOverlay::from_set(w.o.compacted().unwrap());
                 prop_assert_eq!(compacted.records(), reference.len());
