@@ -271,6 +271,11 @@ async fn a_refused_update_is_reported_to_central_at_once() {
     central.call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.1","audit_id":"K1"}]}"#).await;
     wait_until("first indicator", Duration::from_secs(15), || state.indicators().match_ip(ip("203.0.113.1")).drops()).await;
     assert_eq!(central.call(hyper::Method::GET, "/v1/admin/health", "").await, serde_json::json!([]), "nothing reported yet");
+    // K1 replaced: one indicator in force, two records compiled until the
+    // layers are compacted (the summary's total counts the one).
+    central.call(hyper::Method::POST, "/v1/admin/indicators", r#"{"indicators":[{"value":"203.0.113.9","audit_id":"K1"}]}"#).await;
+    wait_until("K1 replaced", Duration::from_secs(15), || state.indicators().match_ip(ip("203.0.113.9")).drops()).await;
+    assert!(!state.indicators().match_ip(ip("203.0.113.1")).drops());
 
     // Two more would hold 3, over the gateway's limit of 2: refused whole.
     central
@@ -288,14 +293,15 @@ async fn a_refused_update_is_reported_to_central_at_once() {
     };
     let rej = &report["last_rejected_update"];
     assert!(rej["error"].as_str().unwrap().contains("over this gateway's limit of 2"), "{report}");
-    assert_eq!(rej["revision_in_force"], 1);
+    assert_eq!(rej["revision_in_force"], 2);
+    assert_eq!(report["indicators"]["total"], 1, "{report}");
     assert!(report["updates_rejected"].as_u64().unwrap() >= 1);
     assert_eq!(report["endpoints"]["green"], 1, "the usual summary comes along");
     assert_eq!(report["last_rejected_feed"], serde_json::Value::Null);
     // The previous state stays in force.
-    assert!(state.indicators().match_ip(ip("203.0.113.1")).drops());
+    assert!(state.indicators().match_ip(ip("203.0.113.9")).drops());
     assert!(!state.indicators().match_ip(ip("203.0.113.2")).drops());
-    assert_eq!(st().revision, 1);
+    assert_eq!(st().revision, 2);
     client.finish();
 }
 

@@ -1289,7 +1289,12 @@ async fn health_loop(ctx: Arc<Ctx>, health: HealthSource) {
         let status = lock(&ctx.status).clone();
         if let Some(o) = v.as_object_mut() {
             o.insert("revision".into(), status.revision.into());
-            o.insert("indicators".into(), serde_json::to_value(ctx.state.indicators().counts()).unwrap_or_default());
+            // `total` from the model (exact); the per-kind figures are the
+            // compiled sets' (a layer's superseded records counted until the
+            // next compaction).
+            let mut counts = ctx.state.indicators().counts();
+            counts.total = usize::try_from(status.indicators).unwrap_or(usize::MAX);
+            o.insert("indicators".into(), serde_json::to_value(counts).unwrap_or_default());
             o.insert("events_spooled".into(), status.events_spooled.into());
             o.insert("events_dropped".into(), status.events_dropped.into());
             o.insert("fail_open_frames".into(), status.fail_open_frames.into());
