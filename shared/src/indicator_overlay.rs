@@ -16,8 +16,8 @@
 //! an earlier one, and exclusions win over both. It lets the control plane
 //! publish a change to a million-indicator state by compiling only that
 //! change into a new layer ([`IndicatorOverlay::push_layer`]; at most
-//! [`MAX_LAYERS`] of them: past that the newest are merged, cheap while they
-//! are small), and fold the layers into one
+//! [`MAX_LAYERS`] of them: past that the smallest adjacent pair is merged),
+//! and fold the layers into one
 //! ([`IndicatorOverlay::layers_compacted`], [`IndicatorOverlay::fold_layers`])
 //! or everything into a new base later ([`IndicatorOverlay::compacted`],
 //! [`IndicatorOverlay::rebase`]) off the critical path.
@@ -39,18 +39,23 @@ use hashbrown::HashTable;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Layers an overlay normally has at most: pushing one more merges the
-/// newest together.
-pub const MAX_LAYERS: usize = 4;
+/// Layers an overlay has at most (see [`IndicatorOverlay::push_layer`]):
+/// pushing one more merges the two adjacent layers that touched the fewest
+/// audit IDs. Folding layers is the owner's background work; a merge here
+/// is on an update's way to the workers, so it is the exception: the owner
+/// folds long before this many pile up, unless updates come faster than
+/// it can (each layer costs a lookup the flow cache does not answer one
+/// more probe meanwhile).
+pub const MAX_LAYERS: usize = 8;
 
-/// Layers an overlay may have while a compaction is under way (see `frozen`
-/// in [`IndicatorOverlay::push_layer`]), one more past the frozen ones at
-/// most. A compaction of millions of indicators takes seconds; merging the
-/// updates that come meanwhile into one growing layer would put an ever
-/// larger compile on each update's way to the workers, so each keeps its
-/// own layer (every lookup pays one more probe per layer until the
-/// compaction lands, and the layers above it stay until the next one).
-pub const MAX_LAYERS_COMPACTING: usize = 8;
+/// Layers an overlay keeps above those a compaction under way folds (the
+/// `frozen` of [`IndicatorOverlay::push_layer`]), at least, even past
+/// [`MAX_LAYERS`]: so that a merge has a pair to choose from besides the
+/// newest layer and the new one (merging those each time grows one layer
+/// by every update, recompiled whole each time, for as long as the
+/// compaction takes). Installing the compaction takes the frozen ones
+/// away: at most `MAX_LAYERS + ABOVE_FROZEN` exist.
+pub const ABOVE_FROZEN: usize = 3;
 
 /// The audit IDs one update touched (added, replaced or removed), each
 /// once, in the order first touched. One string, the ends of the IDs in it
@@ -303,22 +308,21 @@ impl IndicatorOverlay {
     /// of this overlay's levels with an audit ID in `touched` (every audit
     /// ID the update touched: those of `set`'s records, which must be its
     /// only ones, and those it removed). When that would make more than
-    /// [`MAX_LAYERS`] ([`MAX_LAYERS_COMPACTING`] while `frozen` > 0), the
-    /// two adjacent layers that touched the fewest audit IDs together are
-    /// merged into one (again until there are no more), never one of the
-    /// `frozen` oldest (those a
-    /// compaction under way folds: see [`IndicatorOverlay::rebase`]); with
-    /// only the new one above those, there is one more. Merging the
-    /// smallest pair, not the newest layers, keeps each merge near the size
-    /// of an update: while a compaction cannot land, the newest layer would
-    /// otherwise grow by every update and be recompiled whole each time.
+    /// [`MAX_LAYERS`] (or `frozen` + [`ABOVE_FROZEN`] if more), the two
+    /// adjacent layers that touched the fewest audit IDs together are
+    /// merged into one (one merge per push: its cost is on the update's
+    /// way), never one of the `frozen` oldest (those a compaction under way
+    /// folds: see [`IndicatorOverlay::rebase`]). Merging the smallest pair,
+    /// not the newest layers, keeps each merge near the size of an update:
+    /// while a compaction cannot land, the newest layer would otherwise
+    /// grow by every update and be recompiled whole each time.
     pub fn push_layer(&self, set: IndicatorSet, touched: TouchedIds, frozen: usize) -> Result<IndicatorOverlay, IndicatorError> {
         let set = set.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
-        let cap = if frozen > 0 { MAX_LAYERS_COMPACTING } else { MAX_LAYERS };
+        let cap = MAX_LAYERS.max(frozen + ABOVE_FROZEN);
         let mut layers: Vec<Layer> = self.layers.to_vec();
         layers.push(Layer { set, touched: Arc::new(touched), offset: 0 });
         let first = frozen.min(layers.len());
-        while layers.len() > cap && layers.len() - first >= 2 {
+        if layers.len() > cap && layers.len() - first >= 2 {
             let i = (first..layers.len() - 1)
                 .min_by_key(|&i| layers[i].touched.len() + layers[i + 1].touched.len())
                 .unwrap_or(first);
@@ -386,6 +390,10 @@ impl IndicatorOverlay {
     /// stay this overlay's.
     pub fn fold_layers(&self, merged: FoldedLayers, folded: usize) -> IndicatorOverlay {
         let folded = folded.min(self.layers.len());
+        if folded == 0 {
+            // Nothing folded (no layer then): no layer to put in their place.
+            return self.clone();
+        }
         let set = merged.set.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
         let mut offset = self.base.len();
         let mut layers = vec![Layer { set, touched: Arc::new(merged.touched), offset: index(offset) }];
@@ -673,33 +681,32 @@ mod tests {
             let inds: Vec<ThreatIndicator> = (from..from + n).map(|i| ind(&format!("10.0.{}.{}", i / 256, i % 256), &format!("A{i}"), "f")).collect();
             (build(&inds, &[], &ThreatFeedSettings::default()), touched(inds.iter().map(|i| i.audit_id.0.as_str())))
         };
+        let sizes = |o: &IndicatorOverlay| o.layers().iter().map(|l| l.touched().len()).collect::<Vec<usize>>();
         let mut o = IndicatorOverlay::default();
-        for (from, n) in [(0, 40), (40, 30), (70, 20), (90, 10)] {
+        let mut from = 0;
+        for n in [40, 30, 20, 10, 8, 6, 2, 4] {
             let (set, t) = layer(from, n);
             o = o.push_layer(set, t, 0).unwrap();
+            from += n;
         }
-        let (set, t) = layer(100, 5);
-        let five = o.push_layer(set, t, 0).unwrap();
-        let sizes: Vec<usize> = five.layers().iter().map(|l| l.touched().len()).collect();
-        assert_eq!(sizes, [40, 30, 20, 15], "the newest two (10 + 5) merged");
-        // Two frozen: a merge among the rest only, and one more layer when
-        // only the new one is above them.
-        let (set, t) = layer(105, 1);
-        let frozen = o.push_layer(set, t, 4).unwrap();
-        assert_eq!(frozen.layers().len(), 5, "cap 8 while compacting");
-        let mut o = frozen;
+        assert_eq!(sizes(&o), [40, 30, 20, 10, 8, 6, 2, 4], "up to MAX_LAYERS: no merge");
+        let (set, t) = layer(from, 5);
+        let nine = o.push_layer(set, t, 0).unwrap();
+        assert_eq!(sizes(&nine), [40, 30, 20, 10, 8, 6, 6, 5], "the smallest adjacent pair (2 + 4) merged");
+        // All 8 frozen (a compaction folds them): ABOVE_FROZEN more, then a
+        // merge among those only.
+        let mut o = o;
         for k in 0..4 {
-            let (set, t) = layer(106 + k, 1);
-            o = o.push_layer(set, t, 4).unwrap();
+            let (set, t) = layer(from + k, 1);
+            o = o.push_layer(set, t, 8).unwrap();
         }
-        let sizes: Vec<usize> = o.layers().iter().map(|l| l.touched().len()).collect();
-        assert_eq!(sizes, [40, 30, 20, 10, 2, 1, 1, 1], "the lowest smallest pair above the frozen merged");
-        for i in [0, 39, 40, 105, 109] {
+        assert_eq!(sizes(&o), [40, 30, 20, 10, 8, 6, 2, 4, 2, 1, 1], "the lowest smallest pair above the frozen merged");
+        for i in [0, 39, 40, 119, 120, 123] {
             let q = format!("10.0.{}.{}", i / 256, i % 256).parse().unwrap();
             assert_eq!(o.match_ip(q).hit().map(|h| h.audit_id.to_owned()), Some(format!("A{i}")));
         }
-        let hit = o.match_ip("10.0.0.109".parse().unwrap()).hit().unwrap();
-        assert_eq!(hit.index, 104, "hits numbered after the records below (100, then 105-108)");
+        let hit = o.match_ip("10.0.0.123".parse().unwrap()).hit().unwrap();
+        assert_eq!(hit.index, 123, "hits numbered after the records below, merged ones included");
     }
 
     fn summary(m: IndicatorMatch<'_>) -> Option<(String, String, FeedAction, bool)> {
@@ -937,7 +944,7 @@ mod tests {
         fn layers_agree_with_a_from_scratch_build(
             start in indicators(12),
             fixed in indicators(4),
-            ops in prop::collection::vec(op(), 1..14),
+            ops in prop::collection::vec(op(), 1..24),
             excl in prop::collection::vec(exclusion(), 0..4),
             settings in settings(),
             q4 in prop::collection::vec(v4(), 8),
@@ -962,9 +969,9 @@ mod tests {
             let mut w = Owner { o: IndicatorOverlay::from_set(base), model, mark: None };
             for op in &ops {
                 w.apply(op);
-                // Bounded: MAX_LAYERS normally, more while a compaction is
-                // under way and until the push after it lands.
-                let bound = if w.mark.is_some() || w.o.layers().len() > MAX_LAYERS { MAX_LAYERS_COMPACTING + 1 } else { MAX_LAYERS };
+                // Bounded: MAX_LAYERS, or ABOVE_FROZEN past the layers a
+                // compaction under way folds.
+                let bound = MAX_LAYERS.max(w.mark.as_ref().map_or(0, |m| m.folded + ABOVE_FROZEN));
                 prop_assert!(w.o.layers().len() <= bound, "{} layers", w.o.layers().len());
                 if let Some(m) = &w.mark {
                     let now: Vec<*const TouchedIds> = w.o.layers().iter().take(m.folded).map(|l| l.touched() as *const TouchedIds).collect();

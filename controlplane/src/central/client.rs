@@ -834,8 +834,8 @@ fn settle_while_idle(ctx: &Ctx) {
 
 /// Indicators changed since the base was built beyond which the layers are
 /// folded (each update compiles only its own batch into a layer, but past
-/// [`hbgw_shared::indicator_overlay::MAX_LAYERS`] the newest layers are
-/// merged, and each layer costs every lookup a little).
+/// [`hbgw_shared::indicator_overlay::MAX_LAYERS`] two layers are merged on
+/// an update's way, and each layer costs every lookup a little).
 pub const COMPACT_AFTER: usize = 20_000;
 
 /// How long Central must have sent nothing before the layers are folded

@@ -1315,7 +1315,7 @@ mod tests {
             most_held = most_held.max(s.indicators.len());
             let o = s.book.overlay().clone();
             most_layers = most_layers.max(o.layers().len());
-            assert!(o.layers().len() <= hbgw_shared::indicator_overlay::MAX_LAYERS_COMPACTING + 1, "round {round}: {} layers", o.layers().len());
+            assert!(o.layers().len() <= hbgw_shared::indicator_overlay::MAX_LAYERS + hbgw_shared::indicator_overlay::ABOVE_FROZEN, "round {round}: {} layers", o.layers().len());
             let full = s.build_indicators().unwrap();
             let sum = |m: hbgw_shared::indicators::IndicatorMatch<'_>| match m {
                 hbgw_shared::indicators::IndicatorMatch::NoMatch => None,
