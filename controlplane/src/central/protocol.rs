@@ -808,11 +808,11 @@ impl SyncedState {
 
     /// Makes `built` the new base: `built` is `book.overlay().compacted()`
     /// of the book [`IndicatorBook::mark`]ed at `generation`. The layers of
-    /// the changes that came in since stay as they are, on top of it (nothing
-    /// is recompiled, and they supersede
-    /// what they replaced or removed of it as they did in the levels it
-    /// folds). `None` when the book was replaced since (a snapshot or
-    /// a rebuild): `built` is stale. Returns the overlay to publish.
+    /// the changes that came in since stay as they are, on top of it:
+    /// nothing is recompiled, and they supersede what they replaced or
+    /// removed of it as they did in the levels it folds. `None` when the
+    /// book was replaced since (a snapshot or a rebuild): `built` is stale.
+    /// Returns the overlay to publish.
     pub fn install_compacted(&mut self, generation: u64, built: IndicatorSet) -> Option<&IndicatorOverlay> {
         if self.book.generation == generation {
             let mut book = IndicatorBook::from_set(built, generation, self.book.seq);
