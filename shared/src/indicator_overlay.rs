@@ -243,13 +243,6 @@ pub struct FoldedLayers {
     touched: TouchedIds,
 }
 
-impl FoldedLayers {
-    /// The records in force.
-    pub fn set(&self) -> &IndicatorSet {
-        &self.set
-    }
-}
-
 impl Default for IndicatorOverlay {
     fn default() -> Self {
         Self::from_set(IndicatorSet::empty())
