@@ -3,7 +3,7 @@
 //!
 //!     cargo build --release -p hbgw-controlplane --bin hbgw-central
 //!     cargo run --release --example central_reaction -- single [ROUNDS]
-//!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE] [--gap-ms G] [--layout split|shared]
+//!     cargo run --release --example central_reaction -- batch [ROUNDS] [SIZE] [--gap-ms G] [--refresh K] [--layout split|shared]
 //!     cargo run --release --example central_reaction -- sync [INDICATORS]
 //!
 //! `single` and `batch` take `--held N`: Central holds N indicators (in
@@ -32,6 +32,10 @@
 //!
 //! * `single`: each round posts one indicator (admin API) and waits for the
 //!   worker's first drop of a frame to it; indicators accumulate.
+//! * `batch --refresh K`: round R re-issues the audit IDs of round R - K
+//!   with new values (a feed refreshing what it published), so the gateway
+//!   holds at most K batches more than `--held` however many rounds run:
+//!   enough rounds for a p99 that is not just the slowest one.
 //! * `batch`: each round posts SIZE indicators in one request (the frame's
 //!   address is the last of them).
 //! * `sync`: Central holds INDICATORS; a gateway with an empty state
@@ -251,6 +255,10 @@ fn main() {
         other => panic!("--layout {other}: use split or shared"),
     };
     let gap = Duration::from_millis(option("--gap-ms"));
+    let refresh = option("--refresh") as usize;
+    // A round's frame must not match what the gateway already holds:
+    // 100.64/10 has 4M addresses, reused only once their indicators are
+    // replaced (`--refresh`) or never.
     let mode = args.first().map(String::as_str).unwrap_or("single");
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -297,6 +305,8 @@ fn main() {
 
     let rounds = arg(1, if mode == "batch" { 5 } else { 200 });
     let batch = if mode == "batch" { arg(2, 100_000) } else { 1 };
+    let live = if refresh > 0 { refresh.min(rounds) + 1 } else { rounds };
+    assert!(live * batch <= 1 << 22, "{live} batches of {batch} exceed 100.64/10: fewer rounds, or --refresh");
     preload(&central, &rt, held);
     let status = start_gateway(&central, &rt, state.clone(), dir.path());
     let t0 = Instant::now();
@@ -351,12 +361,15 @@ fn main() {
         *dropped.lock().expect("lock") = None;
         let mut body = String::with_capacity(batch * 40);
         body.push_str("{\"indicators\":[");
+        // The audit IDs' slot: the round's own, or with `--refresh K` the
+        // one round R - K used (its indicators are replaced).
+        let slot = if refresh > 0 { r % refresh } else { r };
         for i in 0..batch {
             let a = addr(r * batch + i);
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&format!("{{\"value\":\"{}.{}.{}.{}\",\"audit_id\":\"B-{r}-{i}\"}}", a[0], a[1], a[2], a[3]));
+            body.push_str(&format!("{{\"value\":\"{}.{}.{}.{}\",\"audit_id\":\"B-{slot}-{i}\"}}", a[0], a[1], a[2], a[3]));
         }
         body.push_str("]}");
         let body = body.into_bytes();
@@ -383,7 +396,8 @@ fn main() {
     }
     // The last round's commit (after its drop was seen) before counting.
     let t_end = Instant::now();
-    while held_now() < (held + rounds * batch) as u64 && t_end.elapsed() < Duration::from_secs(10) {
+    let slots = if refresh > 0 { rounds.min(refresh) } else { rounds };
+    while held_now() < (held + slots * batch) as u64 && t_end.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut sorted = lat_ms.clone();

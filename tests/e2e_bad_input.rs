@@ -118,3 +118,34 @@ fn stats_without_a_gateway() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot reach the gateway") && stderr.contains("is hbgw running?"), "{stderr}");
 }
+
+/// `scripts/cpu-idle-poll.sh`: bad arguments get one line and exit 1, and
+/// nothing is written; `--status` names every CPU. (Setting a CPU is not
+/// tested here: it would change this machine's power settings.)
+#[test]
+fn cpu_idle_poll_script_refuses_bad_arguments() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cpu-idle-poll.sh");
+    let knob = "/sys/devices/system/cpu/cpu0/power/pm_qos_resume_latency_us";
+    let before = std::fs::read_to_string(knob).ok();
+    for (args, says) in [
+        (&["x"][..], "`x` is not a CPU number"),
+        (&["0", "99999"][..], "CPU 99999 has no PM QoS setting"),
+        (&[][..], "name the CPUs"),
+        (&["--off"][..], "name the CPUs"),
+        (&["--bogus"][..], "unknown option --bogus"),
+    ] {
+        let out = std::process::Command::new("bash").arg(script).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("cpu-idle-poll: ") && stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // The refused `0 99999` left CPU 0 as it was.
+    assert_eq!(std::fs::read_to_string(knob).ok(), before);
+    let out = std::process::Command::new("bash").arg(script).arg("--status").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    if before.is_some() {
+        assert!(stdout.lines().any(|l| l.starts_with("CPU 0: ")), "{stdout}");
+    }
+}
