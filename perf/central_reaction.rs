@@ -256,9 +256,6 @@ fn main() {
     };
     let gap = Duration::from_millis(option("--gap-ms"));
     let refresh = option("--refresh") as usize;
-    // A round's frame must not match what the gateway already holds:
-    // 100.64/10 has 4M addresses, reused only once their indicators are
-    // replaced (`--refresh`) or never.
     let mode = args.first().map(String::as_str).unwrap_or("single");
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -305,7 +302,12 @@ fn main() {
 
     let rounds = arg(1, if mode == "batch" { 5 } else { 200 });
     let batch = if mode == "batch" { arg(2, 100_000) } else { 1 };
-    let live = if refresh > 0 { refresh.min(rounds) + 1 } else { rounds };
+    // The batches the gateway holds at the end.
+    let slots = if refresh > 0 { rounds.min(refresh) } else { rounds };
+    // A round's frame must not match what the gateway already holds:
+    // 100.64/10 has 4M addresses, reused only once their indicators are
+    // replaced (`--refresh`), so the held batches and the next must fit.
+    let live = slots + usize::from(refresh > 0);
     assert!(live * batch <= 1 << 22, "{live} batches of {batch} exceed 100.64/10: fewer rounds, or --refresh");
     preload(&central, &rt, held);
     let status = start_gateway(&central, &rt, state.clone(), dir.path());
@@ -396,7 +398,6 @@ fn main() {
     }
     // The last round's commit (after its drop was seen) before counting.
     let t_end = Instant::now();
-    let slots = if refresh > 0 { rounds.min(refresh) } else { rounds };
     while held_now() < (held + slots * batch) as u64 && t_end.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));
     }
