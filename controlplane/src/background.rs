@@ -35,6 +35,13 @@ pub fn lower_current_thread(nice: i32) {
     }
 }
 
+/// The CPU time the calling thread has used (zero if the clock cannot be
+/// read): what a background job cost, apart from the time it waited.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
 /// Frees, on a thread of its own, the indicator sets the workers have let
 /// go of ([`GatewayState::reclaim`]): a replaced base of millions of
 /// indicators takes a fraction of a second to free (~0.2 s measured at
@@ -55,6 +62,22 @@ pub fn free_retired(state: &GatewayState) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn thread_cpu_time_counts_work_not_waiting() {
+        use std::time::{Duration, Instant};
+        let t0 = super::thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(60));
+        let slept = super::thread_cpu_time() - t0;
+        assert!(slept < Duration::from_millis(30), "{slept:?} of CPU while asleep");
+        let t1 = super::thread_cpu_time();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while super::thread_cpu_time() - t1 < Duration::from_millis(20) {
+            assert!(Instant::now() < deadline, "20 ms of work never showed as CPU time");
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+
     #[test]
     fn lowers_only_the_calling_thread() {
         let before = rustix::process::getpriority_process(None).unwrap();

@@ -56,6 +56,15 @@ struct PersistedState {
 }
 
 impl PersistedState {
+    /// Central's part of it, taken out.
+    fn take_snapshot(&mut self) -> Result<Snapshot, String> {
+        self.snapshot()?;
+        Ok(match self.snapshot.take() {
+            Some(s) => s,
+            None => self.answer.take().and_then(|a| a.snapshot).unwrap_or_default(),
+        })
+    }
+
     /// Central's part of it.
     fn snapshot(&self) -> Result<&Snapshot, String> {
         match (&self.snapshot, &self.answer) {
@@ -154,8 +163,9 @@ fn corrupt_state(dir: &Path, why: String) -> String {
     )
 }
 
-/// The state file's state (indicators not compiled); `None` when there is none.
-fn read_state_file(dir: &Path, limit: usize) -> Result<Option<SyncedState>, String> {
+/// The state file as written (nothing validated but its format); `None`
+/// when there is none.
+fn read_persisted(dir: &Path) -> Result<Option<PersistedState>, String> {
     let path = dir.join(STATE_FILE);
     let corrupt = |why: String| corrupt_state(dir, why);
     match std::fs::read(&path) {
@@ -164,22 +174,29 @@ fn read_state_file(dir: &Path, limit: usize) -> Result<Option<SyncedState>, Stri
             if p.format != STATE_FORMAT {
                 return Err(corrupt(format!("format {} is not {STATE_FORMAT}", p.format)));
             }
-            let snapshot = p.snapshot().map_err(&corrupt)?;
-            let mut s = SyncedState::from_snapshot(p.revision, snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
-            for (feed, list) in p.third_party {
-                let mut v = Vec::with_capacity(list.len());
-                for i in list {
-                    let kind: IndicatorKind =
-                        i.value.parse().map_err(|e: hbgw_shared::indicators::IndicatorError| corrupt(e.to_string()))?;
-                    v.push((kind, i.audit_id));
-                }
-                s.third_party.insert(feed, v);
-            }
-            Ok(Some(s))
+            Ok(Some(p))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read the last-known-good state {}: {e}: fix its permissions", path.display())),
     }
+}
+
+/// The state file's state (indicators not compiled); `None` when there is none.
+fn read_state_file(dir: &Path, limit: usize) -> Result<Option<SyncedState>, String> {
+    let corrupt = |why: String| corrupt_state(dir, why);
+    let Some(p) = read_persisted(dir)? else { return Ok(None) };
+    let snapshot = p.snapshot().map_err(&corrupt)?;
+    let mut s = SyncedState::from_snapshot(p.revision, snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
+    for (feed, list) in p.third_party {
+        let mut v = Vec::with_capacity(list.len());
+        for i in list {
+            let kind: IndicatorKind =
+                i.value.parse().map_err(|e: hbgw_shared::indicators::IndicatorError| corrupt(e.to_string()))?;
+            v.push((kind, i.audit_id));
+        }
+        s.third_party.insert(feed, v);
+    }
+    Ok(Some(s))
 }
 
 /// Applies the journal's `records` (the answers applied after the state
@@ -196,12 +213,37 @@ fn replay_journal(
         return Ok(true);
     }
     let s = state.get_or_insert_with(SyncedState::default);
-    let bad = |why: String| {
-        format!(
-            "the last-known-good state journal {} does not apply ({why}): restore the state directory from a backup, or delete both central-state files to resync from Central",
-            dir.join(super::state_journal::JOURNAL_FILE).display()
-        )
-    };
+    if !replay_records(dir, s, records, limit, stop, |_| Ok(()))? {
+        return Ok(false);
+    }
+    if s.indicators.len() > limit {
+        return Err(format!(
+            "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
+            s.indicators.len()
+        ));
+    }
+    Ok(true)
+}
+
+fn journal_does_not_apply(dir: &Path, why: String) -> String {
+    format!(
+        "the last-known-good state journal {} does not apply ({why}): restore the state directory from a backup, or delete both central-state files to resync from Central",
+        dir.join(super::state_journal::JOURNAL_FILE).display()
+    )
+}
+
+/// Replays each of `records` that follows `s`'s revision onto it, after
+/// `each` has seen (and may have taken from) its answer; `false` when
+/// `stop` said so first.
+fn replay_records(
+    dir: &Path,
+    s: &mut SyncedState,
+    records: Vec<JournalRecord>,
+    limit: usize,
+    stop: &dyn Fn() -> bool,
+    mut each: impl FnMut(&mut SyncAnswer) -> Result<(), String>,
+) -> Result<bool, String> {
+    let bad = |why: String| journal_does_not_apply(dir, why);
     for r in records {
         if stop() {
             return Ok(false);
@@ -212,14 +254,9 @@ fn replay_journal(
         if r.since != s.revision {
             return Err(bad(format!("a record from revision {} follows revision {}", r.since, s.revision)));
         }
-        let answer: SyncAnswer = serde_json::from_slice(&r.body).map_err(|e| bad(e.to_string()))?;
+        let mut answer: SyncAnswer = serde_json::from_slice(&r.body).map_err(|e| bad(e.to_string()))?;
+        each(&mut answer).map_err(bad)?;
         s.replay(&answer, limit).map_err(|e| bad(e.to_string()))?;
-    }
-    if s.indicators.len() > limit {
-        return Err(format!(
-            "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
-            s.indicators.len()
-        ));
     }
     Ok(true)
 }
@@ -948,7 +985,8 @@ const FOLD_FILE: &str = "central-state.json.fold";
 
 /// A fold of the journal into the state file, under way on a thread of its own.
 struct JournalFold {
-    thread: std::thread::JoinHandle<Result<Option<(u64, u64)>, String>>,
+    /// Its result, and the CPU time it took.
+    thread: std::thread::JoinHandle<(Result<Option<(u64, u64)>, String>, Duration)>,
     /// Set when its result must not be installed: the state was written
     /// whole since it started, or the client stops.
     cancel: Arc<AtomicBool>,
@@ -965,7 +1003,9 @@ impl JournalFold {
         let (c, p) = (cancel.clone(), path.clone());
         let thread = std::thread::Builder::new().name("hbgw-state-fold".into()).spawn(move || {
             crate::background::lower_current_thread(crate::background::CATCH_UP_NICE);
-            fold_journal(&dir, &p, limit, &c)
+            let cpu = crate::background::thread_cpu_time();
+            let folded = fold_journal(&dir, &p, limit, &c);
+            (folded, crate::background::thread_cpu_time().saturating_sub(cpu))
         })?;
         Ok(JournalFold { thread, cancel, path, started: std::time::Instant::now() })
     }
@@ -982,8 +1022,9 @@ fn remove_fold_files(dir: &Path) {
 }
 
 /// Folds the journal into a new state file, from the files alone: the
-/// state file is read, the journal replayed onto it (nothing compiled),
-/// and the result written to `path` (synced). Returns its revision and
+/// state file is read, the journal replayed onto it (Central's indicators
+/// merged as the strings they are, see [`super::indicator_fold`]; nothing
+/// compiled), and the result written to `path` (synced). Returns its revision and
 /// size; `None` when `cancel` was set meanwhile (then nothing is left at
 /// `path`, unless the process ends first).
 ///
@@ -996,13 +1037,41 @@ fn remove_fold_files(dir: &Path) {
 /// a second copy of the state in memory while it runs.
 fn fold_journal(dir: &Path, path: &Path, limit: usize, cancel: &AtomicBool) -> Result<Option<(u64, u64)>, String> {
     let stop = || cancel.load(Ordering::Acquire);
-    let mut state = read_state_file(dir, limit)?;
+    let corrupt = |why: String| corrupt_state(dir, why);
+    // Central's indicators stay strings (see `indicator_fold`); the rest
+    // goes through the model.
+    let file = read_persisted(dir)?;
+    let had_file = file.is_some();
+    let (mut s, base, third_party) = match file {
+        Some(mut p) => {
+            let mut snapshot = p.take_snapshot().map_err(&corrupt)?;
+            let base = std::mem::take(&mut snapshot.indicators);
+            let s = SyncedState::from_snapshot(p.revision, &snapshot, limit).map_err(|e| corrupt(e.to_string()))?;
+            (s, base, p.third_party)
+        }
+        None => (SyncedState::default(), Vec::new(), BTreeMap::new()),
+    };
     let records = super::state_journal::read_records(dir)?;
-    if stop() || !replay_journal(dir, &mut state, records, limit, &stop)? {
+    if records.is_empty() && !had_file {
         return Ok(None);
     }
-    let Some(s) = state else { return Ok(None) };
-    let Ok(p) = persisted(&s, stop) else { return Ok(None) };
+    let mut fold = super::indicator_fold::IndicatorFold::default();
+    if stop() || !replay_records(dir, &mut s, records, limit, &stop, |answer| {
+        fold.take_from(answer);
+        Ok(())
+    })? {
+        return Ok(None);
+    }
+    let Some(indicators) = fold.apply(base, &stop).map_err(|e| journal_does_not_apply(dir, e))? else { return Ok(None) };
+    if indicators.len() > limit {
+        return Err(format!(
+            "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
+            indicators.len()
+        ));
+    }
+    let mut snapshot = s.to_snapshot();
+    snapshot.indicators = indicators;
+    let p = PersistedState { format: STATE_FORMAT, revision: s.revision, snapshot: Some(snapshot), answer: None, third_party };
     drop(s);
     let revision = p.revision;
     let bytes = state_bytes(p)?;
@@ -1080,7 +1149,8 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
             fold = None;
         }
         if let Some(f) = fold.take_if(|f| f.thread.is_finished()) {
-            let folded = f.thread.join().unwrap_or_else(|_| Err("the state fold thread panicked".into()));
+            let (folded, cpu) =
+                f.thread.join().unwrap_or_else(|_| (Err("the state fold thread panicked".into()), Duration::ZERO));
             let tmp = &f.path;
             match folded {
                 Ok(Some((revision, bytes))) if !f.cancel.load(Ordering::Acquire) => {
@@ -1088,7 +1158,7 @@ fn persist_thread(ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<Persist>, mut j
                         Ok(()) => {
                             state_bytes = bytes;
                             tracing::info!(
-                                "state journal folded into the state file at revision {revision} ({bytes} bytes) in {:?}",
+                                "state journal folded into the state file at revision {revision} ({bytes} bytes) in {:?} ({cpu:?} of CPU)",
                                 f.started.elapsed()
                             );
                             // Re-reading, checking and rewriting tens of MB
@@ -1527,5 +1597,91 @@ mod tests {
         let (snap, _) = snapshot_answer(3);
         let both = serde_json::json!({"format": 1, "revision": 3, "snapshot": snap, "answer": {"revision": 3, "snapshot": snap}});
         refused(both.to_string(), "both or neither");
+    }
+}
+
+/// The fold against the model as oracle: whatever the state file (as
+/// Central's snapshot answer, in any order, or as written from the model)
+/// and the journal (adds in both forms, removals, other changes between
+/// them), the folded file loads as the two did.
+#[cfg(test)]
+mod fold_oracle {
+    use super::*;
+    use crate::central::protocol::{Change, IndicatorLines, JournalEntry};
+    use proptest::prelude::*;
+
+    fn ind(id: u8, v: u8, feed: bool) -> WireIndicator {
+        WireIndicator {
+            value: if v % 3 == 0 { format!("v{v}.evil.example") } else { format!("198.51.100.{v}") },
+            audit_id: format!("A{id}"),
+            feed: if feed { "mdr".into() } else { "other".into() },
+        }
+    }
+
+    fn change(kind: u8, ids: &[(u8, u8, bool)]) -> Change {
+        let list = || ids.iter().map(|&(i, v, f)| ind(i, v, f)).collect::<Vec<_>>();
+        match kind % 4 {
+            0 => Change::IndicatorsAdd { indicators: list() },
+            1 => Change::IndicatorsAddLines { lines: IndicatorLines::from_wire(&list()).0 },
+            2 => Change::IndicatorsRemove { audit_ids: ids.iter().map(|&(i, _, _)| format!("A{i}")).collect() },
+            _ => Change::ExclusionsSet { exclusions: ids.iter().map(|&(_, v, _)| format!("v{v}.evil.example")).collect() },
+        }
+    }
+
+    type Ids = Vec<(u8, u8, bool)>;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn the_folded_file_loads_as_the_state_file_and_journal_did(
+            base in proptest::collection::vec((0u8..40, 1u8..250, any::<bool>()), 0..30),
+            as_answer in any::<bool>(),
+            records in proptest::collection::vec(proptest::collection::vec((any::<u8>(), proptest::collection::vec((0u8..60, 1u8..250, any::<bool>()), 0..12)), 1..4), 0..6),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let mut seen = std::collections::HashSet::new();
+            let base: Vec<WireIndicator> = base.into_iter().filter(|(i, _, _)| seen.insert(*i)).map(|(i, v, f)| ind(i, v, f)).collect();
+            let snap = Snapshot { indicators: base, exclusions: vec!["good.evil.example".into()], ..Default::default() };
+            if as_answer {
+                let answer = SyncAnswer { revision: 3, changes: None, snapshot: Some(snap) };
+                let third_party = BTreeMap::from([(
+                    "tp".to_string(),
+                    vec![PersistedThirdParty { value: "192.0.2.7".into(), audit_id: "tp:1".into() }],
+                )]);
+                let r = SnapshotRecord { revision: 3, answer: serde_json::to_vec(&answer).unwrap().into(), third_party };
+                write_snapshot_state(d, &r).unwrap();
+            } else {
+                save_state(d, &SyncedState::from_snapshot(3, &snap, 1000).unwrap()).unwrap();
+            }
+            let (mut journal, _) = StateJournal::open(d).unwrap();
+            let mut revision = 3;
+            for changes in &records {
+                let since = revision;
+                let entries: Vec<JournalEntry> = changes
+                    .iter()
+                    .map(|(kind, ids): &(u8, Ids)| {
+                        revision += 1;
+                        JournalEntry { revision, change: change(*kind, ids) }
+                    })
+                    .collect();
+                let a = SyncAnswer { revision, changes: Some(entries), snapshot: None };
+                journal.append(&JournalRecord { since, to: revision, body: serde_json::to_vec(&a).unwrap().into() }).unwrap();
+            }
+            let want = load_state(d, 1000).unwrap().unwrap();
+            let out = d.join(format!("{FOLD_FILE}-oracle"));
+            let (r, _) = fold_journal(d, &out, 1000, &AtomicBool::new(false)).unwrap().unwrap();
+            prop_assert_eq!(r, revision);
+            let folded = tempfile::tempdir().unwrap();
+            std::fs::copy(&out, folded.path().join(STATE_FILE)).unwrap();
+            let got = load_state(folded.path(), 1000).unwrap().unwrap();
+            prop_assert_eq!(got.revision, want.revision);
+            prop_assert_eq!(got.to_snapshot(), want.to_snapshot());
+            prop_assert_eq!(&got.third_party, &want.third_party);
+            // Written sorted by audit ID, as every state file from the model is.
+            let p: PersistedState = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+            let ids: Vec<&str> = p.snapshot.as_ref().unwrap().indicators.iter().map(|i| i.audit_id.as_str()).collect();
+            prop_assert!(ids.is_sorted());
+        }
     }
 }

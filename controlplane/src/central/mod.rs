@@ -7,7 +7,8 @@
 //! * [`http`] — HTTPS client and server plumbing (rustls, hyper);
 //! * [`client`] — the gateway's client: enrollment, sync, last-known-good
 //!   state (its journal: [`state_journal`]), log and health upload
-//!   ([`spool`]), third-party feeds;
+//!   ([`spool`]), third-party feeds; the journal folded into the state
+//!   file ([`indicator_fold`]);
 //! * [`feeds`] — plain-list and STIX 2.1 feed parsing;
 //! * the reference Central (`hbgw-central`): [`ca`] (it issues endpoint and
 //!   server certificates), [`store`] (SQLite), [`server`] (the API).
@@ -21,6 +22,7 @@ pub mod client;
 pub mod feeds;
 pub mod held_map;
 pub mod http;
+pub mod indicator_fold;
 pub mod protocol;
 pub mod server;
 pub mod spool;
