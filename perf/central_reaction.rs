@@ -127,7 +127,33 @@ impl CentralChild {
 }
 
 /// Starts the gateway's Central client on its own thread; returns the status.
-fn start_gateway(central: &CentralChild, rt: &tokio::runtime::Runtime, state: Arc<GatewayState>, dir: &Path) -> Arc<Mutex<CentralStatus>> {
+/// The gateway's Central client, running on a thread of its own.
+struct GatewayClient {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GatewayClient {
+    /// Stops the client (its tasks, and the persist thread, which writes
+    /// into the state directory) before the temporary directory holding it
+    /// goes: one still appending to its journal as the directory was
+    /// removed left the directory behind.
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_gateway(
+    central: &CentralChild,
+    rt: &tokio::runtime::Runtime,
+    state: Arc<GatewayState>,
+    dir: &Path,
+) -> (Arc<Mutex<CentralStatus>>, GatewayClient) {
     let token = central.call(rt, hyper::Method::POST, "/v1/admin/tokens", None)["token"].as_str().expect("token").to_owned();
     let section = CentralSection {
         url: central.url(),
@@ -147,14 +173,16 @@ fn start_gateway(central: &CentralChild, rt: &tokio::runtime::Runtime, state: Ar
     let start = load_start(&section).expect("state dir");
     let status = Arc::new(Mutex::new(CentralStatus::default()));
     let setup = CentralSetup { config: section, start, certs: None, status: status.clone() };
-    std::thread::spawn(move || {
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let _client = CentralClient::start(setup, state, Box::new(|| serde_json::json!({}))).expect("client");
-            std::future::pending::<()>().await;
+            let client = CentralClient::start(setup, state, Box::new(|| serde_json::json!({}))).expect("client");
+            let _ = stopped.await;
+            client.finish();
         });
     });
-    status
+    (status, GatewayClient { stop: Some(stop), thread: Some(thread) })
 }
 
 /// This process's resident memory now (`VmRSS`) or at its peak (`VmHWM`), KiB.
@@ -268,7 +296,7 @@ fn main() {
         preload(&central, &rt, n);
         let rss0 = rss_kib();
         let t = Instant::now();
-        let status = start_gateway(&central, &rt, state.clone(), dir.path());
+        let (status, _client) = start_gateway(&central, &rt, state.clone(), dir.path());
         // A snapshot publishes one base set, no layers: its records are
         // the indicators in force.
         while state.indicators().records() < n {
@@ -310,7 +338,7 @@ fn main() {
     let live = slots + usize::from(refresh > 0);
     assert!(live * batch <= 1 << 22, "{live} batches of {batch} exceed 100.64/10: fewer rounds, or --refresh");
     preload(&central, &rt, held);
-    let status = start_gateway(&central, &rt, state.clone(), dir.path());
+    let (status, _client) = start_gateway(&central, &rt, state.clone(), dir.path());
     let t0 = Instant::now();
     let held_now = || status.lock().map(|s| s.indicators).unwrap_or(0);
     while status.lock().map(|s| s.state != "connected").unwrap_or(true) || held_now() < held as u64 {
