@@ -102,7 +102,6 @@ impl IndicatorFold {
             }
         }
         // What is left was not in the base: new audit IDs.
-        let kept = out.len();
         out.extend(last.into_iter().filter_map(|(audit_id, v)| {
             v.map(|(value, feed)| WireIndicator {
                 value: value.to_owned(),
@@ -114,9 +113,8 @@ impl IndicatorFold {
             return Ok(None);
         }
         // A state file written by a fold or from the model is sorted
-        // already: then this sorts the new ones and merges two runs (a
-        // stable sort finds them), linear in the base.
-        out[kept..].sort_unstable_by(|a, b| a.audit_id.cmp(&b.audit_id));
+        // already: the stable sort finds that run, sorts the new ones and
+        // merges the two, linear in the base.
         out.sort_by(|a, b| a.audit_id.cmp(&b.audit_id));
         Ok(Some(out))
     }
