@@ -333,6 +333,8 @@ async fn an_idle_gateway_at_revision_zero_waits() {
     wait_until("indicator", Duration::from_secs(15), || state.indicators().match_ip(ip("203.0.113.7")).drops()).await;
     assert!(t.elapsed() < Duration::from_millis(1500), "the change took {:?}", t.elapsed());
     // (From revision 0 the first change comes as a snapshot of revision 1.)
+    // The status is updated after the indicators are published: wait for it.
+    wait_until("status updated", Duration::from_secs(15), || st().updates_applied >= 2).await;
     let after = st();
     assert_eq!((after.revision, after.snapshots, after.updates_applied), (1, 2, 2), "{after:?}");
     client.finish();
