@@ -217,12 +217,13 @@ fn replay_journal(
         return Ok(false);
     }
     if s.indicators.len() > limit {
-        return Err(format!(
-            "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
-            s.indicators.len()
-        ));
+        return Err(over_limit(s.indicators.len(), limit));
     }
     Ok(true)
+}
+
+fn over_limit(held: usize, limit: usize) -> String {
+    format!("the last-known-good state holds {held} indicators, over [central] max_indicators = {limit}: raise it")
 }
 
 fn journal_does_not_apply(dir: &Path, why: String) -> String {
@@ -1064,10 +1065,7 @@ fn fold_journal(dir: &Path, path: &Path, limit: usize, cancel: &AtomicBool) -> R
     }
     let Some(indicators) = fold.apply(base, &stop).map_err(|e| journal_does_not_apply(dir, e))? else { return Ok(None) };
     if indicators.len() > limit {
-        return Err(format!(
-            "the last-known-good state holds {} indicators, over [central] max_indicators = {limit}: raise it",
-            indicators.len()
-        ));
+        return Err(over_limit(indicators.len(), limit));
     }
     let mut snapshot = s.to_snapshot();
     snapshot.indicators = indicators;
