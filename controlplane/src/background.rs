@@ -35,6 +35,27 @@ pub fn lower_current_thread(nice: i32) {
     }
 }
 
+/// Puts thread `tid` of this process back at the process's own priority:
+/// for a background thread that work on the critical path has come to
+/// wait for (see `client::maybe_compact`). Needs `CAP_SYS_NICE` (a
+/// gateway runs as root); failing leaves the thread lowered, and is
+/// logged. Returns whether it was raised.
+pub fn restore_thread(tid: i32) -> bool {
+    let raised = rustix::process::Pid::from_raw(tid).ok_or(rustix::io::Errno::INVAL).and_then(|pid| {
+        let own = rustix::process::getpriority_process(None)?;
+        rustix::process::setpriority_process(Some(pid), own)
+    });
+    if let Err(e) = &raised {
+        tracing::debug!("cannot raise background thread {tid} to normal priority ({e}); it stays lowered");
+    }
+    raised.is_ok()
+}
+
+/// The calling thread's ID, for [`restore_thread`].
+pub fn current_thread_id() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
 /// The CPU time the calling thread has used (zero if the clock cannot be
 /// read): what a background job cost, apart from the time it waited.
 pub fn thread_cpu_time() -> std::time::Duration {
@@ -76,6 +97,31 @@ mod tests {
             assert!(Instant::now() < deadline, "20 ms of work never showed as CPU time");
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
+    }
+
+    #[test]
+    fn a_lowered_thread_is_restored_to_the_process_priority() {
+        let own = rustix::process::getpriority_process(None).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            super::lower_current_thread(super::CATCH_UP_NICE);
+            tx.send(super::current_thread_id()).unwrap();
+            wait.recv().unwrap();
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+        });
+        let tid = rx.recv().unwrap();
+        let lowered = rustix::process::getpriority_process(rustix::process::Pid::from_raw(tid)).unwrap();
+        let raised = super::restore_thread(tid);
+        go.send(()).unwrap();
+        let after = t.join().unwrap();
+        if raised {
+            assert_eq!(after, own, "raised back to the process's priority");
+        } else {
+            // No CAP_SYS_NICE here: it stays where it was.
+            assert_eq!(after, lowered);
+        }
+        assert!(!super::restore_thread(0), "no such thread");
     }
 
     #[test]

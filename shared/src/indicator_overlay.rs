@@ -57,6 +57,12 @@ pub const MAX_LAYERS: usize = 8;
 /// away: at most `MAX_LAYERS + ABOVE_FROZEN` exist.
 pub const ABOVE_FROZEN: usize = 3;
 
+/// The layers an overlay with `frozen` layers under compaction keeps
+/// before a push merges two (see [`IndicatorOverlay::push_layer`]).
+fn layer_cap(frozen: usize) -> usize {
+    MAX_LAYERS.max(frozen + ABOVE_FROZEN)
+}
+
 /// The audit IDs one update touched (added, replaced or removed), each
 /// once, in the order first touched. One string, the ends of the IDs in it
 /// and a table of their numbers by hash: built in one pass over an update
@@ -311,7 +317,7 @@ impl IndicatorOverlay {
     /// grow by every update and be recompiled whole each time.
     pub fn push_layer(&self, set: IndicatorSet, touched: TouchedIds, frozen: usize) -> Result<IndicatorOverlay, IndicatorError> {
         let set = set.with_settings(self.base.settings()).with_exclusion_set(self.base.exclusion_set());
-        let cap = MAX_LAYERS.max(frozen + ABOVE_FROZEN);
+        let cap = layer_cap(frozen);
         let mut layers: Vec<Layer> = self.layers.to_vec();
         layers.push(Layer { set, touched: Arc::new(touched), offset: 0 });
         let first = frozen.min(layers.len());
@@ -328,6 +334,12 @@ impl IndicatorOverlay {
             offset += l.set.len();
         }
         Ok(IndicatorOverlay { base: self.base.clone(), layers: layers.into() })
+    }
+
+    /// Whether the next [`IndicatorOverlay::push_layer`] with `frozen`
+    /// merges two layers on its update's way (the layers are at their cap).
+    pub fn merges_next_push(&self, frozen: usize) -> bool {
+        self.layers.len() >= layer_cap(frozen)
     }
 
     /// Adjacent layers `lower` and `upper` as one: `lower`'s records that
@@ -683,6 +695,8 @@ mod tests {
             from += n;
         }
         assert_eq!(sizes(&o), [40, 30, 20, 10, 8, 6, 2, 4], "up to MAX_LAYERS: no merge");
+        assert!(o.merges_next_push(0), "at MAX_LAYERS: the next push merges");
+        assert!(!o.merges_next_push(8), "all frozen: ABOVE_FROZEN more before a merge");
         let (set, t) = layer(from, 5);
         let nine = o.push_layer(set, t, 0).unwrap();
         assert_eq!(sizes(&nine), [40, 30, 20, 10, 8, 6, 6, 5], "the smallest adjacent pair (2 + 4) merged");
@@ -690,6 +704,7 @@ mod tests {
         // merge among those only.
         let mut o = o;
         for k in 0..4 {
+            assert_eq!(o.merges_next_push(8), k == 3, "{k} pushed over the frozen");
             let (set, t) = layer(from + k, 1);
             o = o.push_layer(set, t, 8).unwrap();
         }

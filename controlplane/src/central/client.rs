@@ -29,7 +29,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -418,6 +418,9 @@ struct Ctx {
     /// To the persist thread, in the order the changes were committed.
     persist: crossbeam_channel::Sender<Persist>,
     compacting: AtomicBool,
+    /// The thread ID of the compaction under way while it runs lowered
+    /// (0 once raised, or when none runs): see [`maybe_compact`].
+    compaction_to_raise: AtomicI32,
     /// A [`settle_while_idle`] runs.
     settling: AtomicBool,
     /// An update waits for `synced`: the state writer and
@@ -513,6 +516,7 @@ impl CentralClient {
             spool: Arc::new(Mutex::new(start.spool)),
             persist: persist_tx,
             compacting: AtomicBool::new(false),
+            compaction_to_raise: AtomicI32::new(0),
             settling: AtomicBool::new(false),
             update_waiting: AtomicBool::new(false),
             rejections: Mutex::new(Rejections::default()),
@@ -915,8 +919,20 @@ fn compaction_due(o: &IndicatorOverlay, touched: usize, idle: bool) -> Option<bo
 /// `idle`, into a new base. The result is published under the layers of
 /// the updates that came in while it was built (see
 /// `SyncedState::install_compacted`, `SyncedState::install_folded_layers`).
+///
+/// The compaction runs at a lowered priority, so that updates do not wait
+/// for a core behind it. Once updates have outrun it (the next one must
+/// merge two layers on its way: see [`super::protocol::IndicatorBook::compaction_outrun`]),
+/// they wait for it anyway, and more with every update while it starves:
+/// it is raised to normal priority then.
 fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
     if ctx.compacting.swap(true, Ordering::AcqRel) {
+        if lock(&ctx.synced).book.compaction_outrun() {
+            let tid = ctx.compaction_to_raise.swap(0, Ordering::AcqRel);
+            if tid != 0 && crate::background::restore_thread(tid) {
+                tracing::info!("indicator updates outran the compaction under way: raised to normal priority");
+            }
+        }
         return;
     }
     let (overlay, generation, whole) = {
@@ -933,6 +949,7 @@ fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
     // next must not wait for a core behind it.
     let spawned = std::thread::Builder::new().name("hbgw-compact".into()).spawn(move || {
         crate::background::lower_current_thread(crate::background::COMPACTION_NICE);
+        c.compaction_to_raise.store(crate::background::current_thread_id(), Ordering::Release);
         let t = std::time::Instant::now();
         let built = if whole { overlay.compacted().map(Ok) } else { overlay.layers_compacted().map(Err) };
         match built {
@@ -962,6 +979,7 @@ fn maybe_compact(ctx: &Arc<Ctx>, idle: bool) {
             }
             Err(e) => tracing::warn!("indicator compaction failed ({e}); the overlay stays in force"),
         }
+        c.compaction_to_raise.store(0, Ordering::Release);
         c.compacting.store(false, Ordering::Release);
     });
     if let Err(e) = spawned {

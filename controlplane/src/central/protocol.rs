@@ -591,6 +591,14 @@ impl IndicatorBook {
         self.generation
     }
 
+    /// Whether a compaction is under way ([`IndicatorBook::mark`]) and the
+    /// updates since have filled the layers it leaves them: the next one
+    /// merges two on its way to the workers, a cost that grows for as long
+    /// as the compaction has not landed.
+    pub fn compaction_outrun(&self) -> bool {
+        self.mark.as_ref().is_some_and(|m| self.overlay.merges_next_push(m.layers))
+    }
+
     /// What workers should see.
     pub fn overlay(&self) -> &IndicatorOverlay {
         &self.overlay
@@ -1343,6 +1351,37 @@ mod tests {
         let snap = SyncAnswer { revision: rev + 1, changes: None, snapshot: Some(Snapshot::default()) };
         s.commit(s.prepare(&snap, 1000).unwrap());
         assert!(s.install_compacted(g, built).is_none());
+    }
+
+    /// A compaction is outrun once the updates since it started fill the
+    /// layers it leaves them (the next one merges), not before, and not
+    /// after it lands.
+    #[test]
+    fn a_compaction_is_outrun_when_the_next_update_merges() {
+        use hbgw_shared::indicator_overlay::{ABOVE_FROZEN, MAX_LAYERS};
+        let mut s = SyncedState::default();
+        let mut rev = 0;
+        let mut push = |s: &mut SyncedState| {
+            let a = delta(rev, vec![Change::IndicatorsAdd { indicators: vec![ind(&format!("10.0.0.{}", rev % 250), &format!("A{rev}"))] }]);
+            rev = a.revision;
+            s.commit(s.prepare(&a, 1000).unwrap());
+        };
+        for _ in 0..MAX_LAYERS {
+            push(&mut s);
+        }
+        assert!(!s.book.compaction_outrun(), "no compaction under way");
+        let g = s.book.mark();
+        let built = s.book.overlay().compacted().unwrap();
+        for k in 0..ABOVE_FROZEN {
+            assert!(!s.book.compaction_outrun(), "{k} update(s) over the compaction's layers");
+            push(&mut s);
+        }
+        assert!(s.book.compaction_outrun());
+        push(&mut s);
+        assert_eq!(s.book.overlay().layers().len(), MAX_LAYERS + ABOVE_FROZEN, "merged above the frozen");
+        assert!(s.book.compaction_outrun());
+        assert!(s.install_compacted(g, built).is_some());
+        assert!(!s.book.compaction_outrun(), "landed");
     }
 
     #[test]
